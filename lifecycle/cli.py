@@ -1,0 +1,298 @@
+"""The ``lifecycle`` command line: parse, validate, call the library.
+
+Every subcommand takes a few common flags plus ``key=value`` overrides for any option of its
+options model (``train.steps=100 eval.tasks=arc_easy,lambada``), and ``--options FILE.yaml`` for a
+whole options block. Errors a user can cause print one line and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+# Offline-first: huggingface_hub reads these at import time, so set them before anything imports it.
+# A user who is online and wants Hub downloads sets HF_HUB_OFFLINE=0 explicitly.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import typer
+import yaml
+from rich.console import Console
+
+from lifecycle.errors import LifecycleError
+
+app = typer.Typer(
+    name="lifecycle",
+    help="Grow, prune, quantize, continually train, merge and steer Hugging Face causal LMs; score them with lm-eval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays on one line
+
+OVERRIDES_HELP = "Option overrides as key=value (dotted for nested options: train.steps=100 eval.tasks=arc_easy)."
+
+
+def set_dotted(target: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = target.get(part)
+        if not isinstance(node, dict):
+            node = {}
+            target[part] = node
+        target = node
+    target[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.steps=10", "data=wikitext"]`` → nested dict; values parsed as YAML scalars/lists."""
+    result: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise LifecycleError(f"override '{item}' is not key=value")
+        key, raw = item.split("=", 1)
+        if not key:
+            raise LifecycleError(f"override '{item}' has no key")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str):
+            value = _number_or_text(value)
+        set_dotted(result, key.strip(), value)
+    return result
+
+
+def _number_or_text(text: str) -> Any:
+    """YAML 1.1 reads ``3e-3`` as text; users mean a number."""
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return text
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def validation_error_line(exc, where: str) -> str:
+    """One line from a pydantic ValidationError: the first problem, with its field path."""
+    # A misspelt key also makes its real name "missing"; the misspelling is the useful message.
+    errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ())) or "(options)"
+    msg = first.get("msg", "invalid")
+    if first.get("type") == "extra_forbidden":
+        msg = "unknown option"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {loc}: {msg}{more}"
+
+
+def build_options(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None):
+    from pydantic import ValidationError
+
+    from lifecycle.commands import load_all
+
+    cmd = load_all()[command]
+    values: dict = {}
+    if options_file is not None:
+        if not options_file.is_file():
+            raise LifecycleError(f"options file not found: {options_file}")
+        loaded = yaml.safe_load(options_file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise LifecycleError(f"options file {options_file} must hold a mapping of options")
+        values = loaded
+    values = deep_merge(values, {k: v for k, v in flags.items() if v is not None})
+    values = deep_merge(values, parse_overrides(overrides))
+    try:
+        return cmd, cmd.options.model_validate(values)
+    except ValidationError as exc:
+        raise LifecycleError(validation_error_line(exc, command)) from None
+
+
+def run_command(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None) -> Path:
+    cmd, opts = build_options(command, flags, overrides, options_file)
+    return cmd.run(opts)
+
+
+def _maybe_relaunch(num_processes: int) -> None:
+    """Re-exec this command under ``accelerate launch`` for multi-process runs (axolotl-style)."""
+    if num_processes <= 1 or os.environ.get("LIFECYCLE_LAUNCHED") == "1" or "LOCAL_RANK" in os.environ:
+        return
+    import shutil
+
+    args = [a for a in sys.argv[1:]]
+    cleaned: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("--num-processes", "-n"):
+            skip = True
+            continue
+        if a.startswith("--num-processes="):
+            continue
+        cleaned.append(a)
+    accelerate = shutil.which("accelerate")
+    if accelerate is None:
+        raise LifecycleError("multi-process runs need the accelerate CLI on PATH")
+    env = dict(os.environ, LIFECYCLE_LAUNCHED="1")
+    launch = [accelerate, "launch", "--num_processes", str(num_processes)]
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            env["ACCELERATE_USE_CPU"] = "1"
+            launch.append("--cpu")
+    except ImportError:
+        pass
+    os.execvpe(accelerate, [*launch, "-m", "lifecycle", *cleaned], env)
+
+
+@app.command()
+def train(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the checkpoint to."),
+    config: Optional[str] = typer.Option(None, help="Train from scratch: micro, tiny, small or a config .json."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Continue pretraining this checkpoint (folder, Hub id, .gguf, smollm2)."),
+    data: Optional[str] = typer.Option(None, help="Data: shakespeare, wikitext, linux_c, python_stdlib, a file/folder, or hf:NAME."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (train.steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    deepspeed: Optional[str] = typer.Option(None, help="DeepSpeed ZeRO config JSON."),
+    num_processes: int = typer.Option(1, "--num-processes", "-n", help="Processes (re-launches under accelerate)."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Pretrain a model from a config, or continue pretraining a checkpoint."""
+    _maybe_relaunch(num_processes)
+    flags = {"output": str(output), "config": config, "model": model, "data": data, "resume": resume or None,
+             "overwrite": overwrite or None, "deepspeed": deepspeed}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("train", flags, overrides or [], options)
+    _done(out)
+
+
+@app.command(name="eval")
+def eval_(
+    model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),
+    tasks: str = typer.Option("arc_easy,lambada", help="Comma-separated lm-eval tasks."),
+    limit: Optional[float] = typer.Option(None, help="Items per task (an integer) or a fraction."),
+    batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results JSON here."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Score a model with lm-eval on the project's offline tasks (or any lm-eval task when online)."""
+    if limit is not None and float(limit).is_integer() and limit >= 1:
+        limit = int(limit)
+    flags = {"model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size,
+             "output": str(output) if output else None}
+    run_command("eval", flags, overrides or [], options)
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML: a list of steps."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides: key=value for every step, or STEP.key=value."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan with parameter counts; run nothing."),
+    force: bool = typer.Option(False, "--force", help="Re-run steps that already completed."),
+) -> None:
+    """Run a recipe: steps chained so each can take the previous step's output as its model."""
+    from lifecycle.recipe import run_recipe
+
+    run_recipe(recipe, overrides or [], dry_run=dry_run, force=force)
+
+
+@app.command()
+def push(
+    model: Path = typer.Argument(..., help="Checkpoint folder written by lifecycle."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub repository, e.g. org/name."),
+    private: bool = typer.Option(True, "--private/--public"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded; contact nothing."),
+    commit_message: Optional[str] = typer.Option(None),
+) -> None:
+    """Upload a checkpoint folder and its model card to the Hugging Face Hub."""
+    run_command("push", {"model": str(model), "repo_id": repo_id, "private": private, "dry_run": dry_run,
+                         "commit_message": commit_message}, [])
+
+
+@app.command(name="ls")
+def list_commands() -> None:
+    """List the registered commands and methods."""
+    from rich.table import Table
+
+    from lifecycle.commands import load_all
+
+    table = Table(title="lifecycle commands")
+    table.add_column("command")
+    table.add_column("what it does")
+    for name, cmd in sorted(load_all().items()):
+        table.add_row(name, cmd.help)
+    Console().print(table)
+
+
+def _done(out: Path) -> None:
+    Console().print(f"[green]wrote[/green] {out}")
+
+
+def _quiet_libraries() -> None:
+    """Our rich progress bars are the only ones; library bars and info logs are noise here."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            # DeepSpeed otherwise warns on every import that it fell back to the CPU.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    except ImportError:
+        pass
+    for name in ("DeepSpeed", "deepspeed", "accelerate", "datasets", "lm-eval", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main() -> None:
+    """Console entry point: one-line errors, non-zero exit, no tracebacks for user errors."""
+    _quiet_libraries()
+    try:
+        app(standalone_mode=False)
+    except LifecycleError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
+            console.print("[red]error:[/red] disk full")
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""``lifecycle train``: pretrain a model from a config, or continue pretraining a checkpoint.
+
+This is also the baseline every growth method is compared with: same engine, same data, same
+token accounting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from lifecycle.commands import CommandOptions, register
+from lifecycle.commands.common import EvalAfter, default_run_dir, finish_run
+from lifecycle.errors import LifecycleError
+from lifecycle.train.engine import TrainConfig
+
+
+class TrainOptions(CommandOptions):
+    model: str | None = Field(None, description="checkpoint to continue pretraining (folder, Hub id, .gguf, smollm2)")
+    config: str | None = Field(None, description="model config for training from scratch: micro, tiny, small or a .json")
+    data: str = Field("shakespeare", description="data spec: built-in corpus, file, folder or hf:NAME")
+    tokenizer: str = Field("bpe:4096", description="for --config: bpe:N (trained on the data) or a model spec")
+    block_size: int = Field(256, ge=8)
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    max_train_tokens: int | None = Field(None, ge=1)
+    output: str = Field(..., description="folder for the checkpoint")
+    overwrite: bool = False
+    resume: bool = Field(False, description="continue from the latest checkpoint in the run folder")
+    deepspeed: str | None = Field(None, description="DeepSpeed ZeRO config JSON (recipes/deepspeed/zero2.json, zero3.json)")
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalAfter = Field(default_factory=EvalAfter)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TrainOptions":
+        if (self.model is None) == (self.config is None):
+            raise ValueError("give exactly one of model (continue pretraining) or config (from scratch)")
+        return self
+
+
+def build_start_model(opts: TrainOptions):
+    """(model, tokenizer, corpus, parent lineage, parent spec) for a train run."""
+    from lifecycle.data import build_tokenizer, load_corpus
+    from lifecycle.model.io import load_model
+    from lifecycle.model.presets import build_model, make_config
+
+    corpus = load_corpus(opts.data)
+    if opts.config is not None:
+        tokenizer = build_tokenizer(opts.tokenizer, corpus)
+        config = make_config(opts.config, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+        if opts.block_size > config.max_position_embeddings:
+            raise LifecycleError(
+                f"block size {opts.block_size} exceeds the model's max_position_embeddings {config.max_position_embeddings}"
+            )
+        model = build_model(config, seed=opts.train.seed)
+        return model, tokenizer, corpus, {}, None
+    loaded = load_model(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+    return loaded.model, loaded.tokenizer, corpus, loaded.lineage, loaded.source
+
+
+@register("train", TrainOptions, help="Pretrain from a config, or continue pretraining a checkpoint.")
+def run_train(opts: TrainOptions) -> Path:
+    from lifecycle.data import pack
+    from lifecycle.model.card import new_lineage
+    from lifecycle.model.io import prepare_output_dir
+    from lifecycle.train.engine import make_accelerator, train
+
+    prepare_output_dir(opts.output, opts.overwrite or opts.resume)
+    model, tokenizer, corpus, parent_lineage, parent = build_start_model(opts)
+    data = pack(corpus, tokenizer, opts.block_size, val_fraction=opts.val_fraction, max_train_tokens=opts.max_train_tokens)
+    accelerator = make_accelerator(opts.train, opts.deepspeed)
+    result = train(
+        model,
+        data,
+        opts.train,
+        default_run_dir(opts.output),
+        resume=opts.resume,
+        accelerator=accelerator,
+        description="train",
+    )
+    out = Path(opts.output).expanduser().resolve()
+    if accelerator.is_main_process:
+        lineage = new_lineage(
+            command="train",
+            method="pretrain" if parent is None else "continued-pretraining",
+            parents=[parent] if parent else [],
+            parent_lineages=[parent_lineage],
+            options=opts.model_dump(mode="json"),
+            seed=opts.train.seed,
+            data=data.describe(),
+            tokens_seen=result.tokens_seen,
+            relation="finetune" if parent else None,
+        )
+        finish_run(
+            result.model,
+            tokenizer,
+            out,
+            lineage,
+            overwrite=opts.overwrite or opts.resume,
+            eval_after=opts.eval,
+            result=result,
+        )
+    accelerator.wait_for_everyone()
+    return out

@@ -1,0 +1,305 @@
+"""Recipes: a YAML list of command steps, validated up front, resumable step by step.
+
+```yaml
+name: quickstart
+output_dir: runs/quickstart      # optional; default runs/<name>
+steps:
+  - name: pretrain               # the step's output goes to <output_dir>/<name> unless `output:` is set
+    command: train
+    config: tiny
+    data: shakespeare
+    train: {steps: 300}
+  - name: score
+    command: eval                # takes the previous model when `model` is omitted or `previous`
+    tasks: [arc_easy, lambada]
+```
+
+A step may name an earlier step's output with ``model: steps.<name>``. Every step's options are
+validated with its command's options model before anything runs, and errors name the step and the
+field. A completed step is skipped on re-run when its key (command, resolved options, and the
+identity of its input model) is unchanged, so a crashed chain resumes where it stopped.
+
+Command-line overrides: ``STEP.key=value`` sets an option of one step; ``key=value`` sets a recipe
+field (``output_dir``) or, otherwise, that option in every step whose command has it
+(``train.steps=5`` shortens every training step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lifecycle.errors import LifecycleError
+
+STATE_FILE = ".lifecycle-recipe.json"
+PREVIOUS = "previous"
+
+
+class RecipeFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1)
+    description: str | None = None
+    output_dir: str | None = None
+    steps: list[dict[str, Any]] = Field(..., min_length=1)
+
+
+@dataclass
+class PlannedStep:
+    name: str
+    command: Any  # lifecycle.commands.Command
+    raw: dict  # options before the input model is resolved
+    output: Path | None  # where the step writes its model (None for commands that only score)
+    model_ref: str | None  # "previous", "steps.<name>" or a literal spec
+
+
+def _load_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise LifecycleError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LifecycleError(f"recipe {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise LifecycleError(f"recipe {path} must be a mapping with name and steps")
+    return data
+
+
+def _apply_overrides(data: dict, overrides: list[str], commands: dict) -> dict:
+    from lifecycle.cli import parse_overrides, set_dotted
+
+    step_names = {str(s.get("name")) for s in data.get("steps", []) if isinstance(s, dict)}
+    for item in overrides:
+        parsed_key = item.split("=", 1)[0]
+        value = next(iter(_flatten(parse_overrides([item])).values()))
+        head, _, rest = parsed_key.partition(".")
+        if head in step_names and rest:
+            for step in data["steps"]:
+                if str(step.get("name")) == head:
+                    set_dotted(step, rest, value)
+        elif parsed_key in RecipeFile.model_fields and parsed_key != "steps":
+            data[parsed_key] = value
+        else:
+            hit = False
+            for step in data.get("steps", []):
+                cmd = commands.get(step.get("command"))
+                if cmd is not None and head in cmd.options.model_fields:
+                    set_dotted(step, parsed_key, value)
+                    hit = True
+            if not hit:
+                raise LifecycleError(f"override '{item}' matches no step option and no recipe field")
+    return data
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _error_line(exc: ValidationError, where: str) -> str:
+    from lifecycle.cli import validation_error_line
+
+    return validation_error_line(exc, where)
+
+
+def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[RecipeFile, list[PlannedStep], Path]:
+    """Parse, override and validate a recipe; nothing runs and nothing is written."""
+    from lifecycle.commands import load_all
+
+    path = Path(path)
+    commands = load_all()
+    data = _apply_overrides(_load_yaml(path), overrides or [], commands)
+    try:
+        recipe = RecipeFile.model_validate(data)
+    except ValidationError as exc:
+        raise LifecycleError(_error_line(exc, f"recipe {path.name}")) from None
+    output_dir = Path(recipe.output_dir or f"runs/{recipe.name}").expanduser()
+    if not output_dir.is_absolute():
+        output_dir = (Path.cwd() / output_dir).resolve()
+
+    planned: list[PlannedStep] = []
+    seen: set[str] = set()
+    produced_any = False
+    for index, step in enumerate(recipe.steps, start=1):
+        step = dict(step)
+        name = str(step.pop("name", f"step{index}"))
+        where = f"step '{name}'"
+        if name in seen:
+            raise LifecycleError(f"{where}: duplicate step name")
+        command_name = step.pop("command", None)
+        if command_name not in commands:
+            known = ", ".join(sorted(commands))
+            raise LifecycleError(f"{where}: unknown command '{command_name}' (known: {known})")
+        cmd = commands[command_name]
+        model_ref = None
+        if cmd.model_field:
+            value = step.get(cmd.model_field)
+            if value is None and not _takes_no_model(cmd, step):
+                value = PREVIOUS if produced_any else None
+            if value == PREVIOUS and not produced_any:
+                raise LifecycleError(f"{where}: model: previous, but no earlier step produces a model")
+            if isinstance(value, str) and value.startswith("steps."):
+                ref = value[len("steps."):]
+                if ref not in seen:
+                    raise LifecycleError(f"{where}: model: {value} names no earlier step")
+            model_ref = value
+        output = None
+        out_field = cmd.options.model_fields.get("output")
+        if out_field is not None and out_field.is_required():
+            output = Path(step.get("output") or output_dir / name).expanduser().resolve()
+            step["output"] = str(output)
+        # Validate now with a placeholder for the input model, so every error surfaces before step 1 runs.
+        probe = dict(step)
+        if cmd.model_field and isinstance(model_ref, str) and (model_ref == PREVIOUS or model_ref.startswith("steps.")):
+            probe[cmd.model_field] = str(output_dir / "<previous>")
+        try:
+            cmd.options.model_validate(probe)
+        except ValidationError as exc:
+            raise LifecycleError(_error_line(exc, f"recipe {path.name}, {where}")) from None
+        planned.append(PlannedStep(name=name, command=cmd, raw=step, output=output, model_ref=model_ref))
+        seen.add(name)
+        produced_any = produced_any or output is not None
+    return recipe, planned, output_dir
+
+
+def _takes_no_model(cmd, step: dict) -> bool:
+    """train from a config has no input model."""
+    return cmd.name == "train" and step.get("config") is not None
+
+
+def _model_identity(spec: str) -> str:
+    """What makes an input model 'the same' for skip decisions: its lineage and config, or its spec."""
+    folder = Path(spec)
+    if folder.is_dir():
+        h = hashlib.sha256()
+        for name in ("lifecycle.json", "config.json"):
+            f = folder / name
+            if f.is_file():
+                h.update(f.read_bytes())
+        return h.hexdigest()[:16]
+    return spec
+
+
+def _step_key(step: PlannedStep, options: dict) -> str:
+    model_spec = options.get(step.command.model_field) if step.command.model_field else None
+    blob = {
+        "command": step.command.name,
+        "options": options,
+        "input": _model_identity(model_spec) if isinstance(model_spec, str) else None,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_state(output_dir: Path) -> dict:
+    f = output_dir / STATE_FILE
+    if f.is_file():
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            return {}
+    return {}
+
+
+def _write_state(output_dir: Path, state: dict) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, output_dir / STATE_FILE)
+
+
+def _param_count(spec: str | None, options: dict, cmd_name: str) -> str:
+    """Parameter count without loading weights (meta device); '' when unknown before running."""
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if cmd_name == "train" and options.get("config"):
+            from lifecycle.model.presets import make_config
+
+            tok = options.get("tokenizer", "bpe:4096")
+            vocab = int(tok.split(":")[1]) if tok.startswith("bpe:") else 49152
+            config = make_config(options["config"], vocab_size=vocab)
+        elif spec and Path(spec, "config.json").is_file():
+            config = AutoConfig.from_pretrained(spec)
+        else:
+            return ""
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        return f"{n / 1e6:.2f}M"
+    except Exception:  # a count is a nicety in the plan; never fail the plan for it
+        return ""
+
+
+def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run: bool = False, force: bool = False) -> list[Path]:
+    """Run (or with ``dry_run`` print) a recipe; returns the outputs of the steps that produce models."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    recipe, planned, output_dir = plan_recipe(path, overrides)
+    state = _read_state(output_dir)
+    outputs: dict[str, str] = {}
+    last_output: str | None = None
+    table = Table(title=f"recipe {recipe.name} → {output_dir}")
+    for col in ("step", "command", "input", "output", "params", "status"):
+        table.add_column(col)
+    results: list[Path] = []
+    for step in planned:
+        options = dict(step.raw)
+        if step.command.model_field and step.model_ref is not None:
+            ref = step.model_ref
+            if ref == PREVIOUS:
+                options[step.command.model_field] = last_output
+            elif isinstance(ref, str) and ref.startswith("steps."):
+                options[step.command.model_field] = outputs[ref[len("steps."):]]
+        if step.output is not None:
+            options["overwrite"] = True  # the recipe owns its step folders
+        key = _step_key(step, options)
+        done = state.get(step.name, {})
+        complete = (
+            not force
+            and done.get("key") == key
+            and (step.output is None or (step.output / "config.json").is_file())
+        )
+        input_spec = options.get(step.command.model_field) if step.command.model_field else None
+        if dry_run:
+            shown_input = input_spec or "-"
+            params = _param_count(input_spec if step.command.name != "train" or not options.get("config") else None, options, step.command.name)
+            table.add_row(step.name, step.command.name, str(shown_input), str(step.output or "-"), params,
+                          "done (skip)" if complete else "to run")
+        elif complete:
+            console.print(f"[dim]skip[/dim] {step.name}: already done with the same inputs")
+        else:
+            console.rule(f"[bold]{step.name}[/bold] ({step.command.name})")
+            started = time.time()
+            opts = step.command.options.model_validate(options)
+            step.command.run(opts)
+            state[step.name] = {"key": key, "output": str(step.output) if step.output else None,
+                                "seconds": round(time.time() - started, 1)}
+            _write_state(output_dir, state)
+        if step.output is not None:
+            outputs[step.name] = str(step.output)
+            last_output = str(step.output)
+            results.append(step.output)
+    if dry_run:
+        console.print(table)
+    else:
+        console.print(f"[green]recipe {recipe.name} complete[/green]: {output_dir}")
+    return results

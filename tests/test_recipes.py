@@ -1,0 +1,103 @@
+"""Recipes: every shipped recipe validates; chaining, overrides, skip-on-rerun and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lifecycle.errors import LifecycleError
+from lifecycle.recipe import STATE_FILE, plan_recipe, run_recipe
+
+from conftest import REPO_ROOT
+
+SHIPPED = sorted(p for p in (REPO_ROOT / "recipes").glob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    assert any(p.name == "quickstart.yaml" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(recipe, tmp_path):
+    _, steps, _ = plan_recipe(recipe, [f"output_dir={tmp_path}"])
+    assert steps
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+CHAIN = """
+name: chain
+output_dir: {out}
+steps:
+  - name: base
+    command: train
+    config: micro
+    data: shakespeare
+    block_size: 32
+    max_train_tokens: 20000
+    train: {{steps: 3, eval_every: 0, micro_batch_size: 4}}
+  - name: more
+    command: train
+    data: wikitext
+    block_size: 32
+    max_train_tokens: 20000
+    train: {{steps: 2, eval_every: 0, micro_batch_size: 4}}
+"""
+
+
+def test_chain_uses_previous_output_and_skips_on_rerun(tmp_path):
+    recipe = _write(tmp_path, CHAIN.format(out=tmp_path / "runs"))
+    outputs = run_recipe(recipe)
+    assert [p.name for p in outputs] == ["base", "more"]
+    lineage = json.loads((outputs[1] / "lifecycle.json").read_text())
+    assert lineage["parents"] == [str(outputs[0])]
+    assert lineage["history"][0]["command"] == "train"
+    stamp = (outputs[1] / "model.safetensors").stat().st_mtime_ns
+    run_recipe(recipe)  # nothing changed: both steps skipped
+    assert (outputs[1] / "model.safetensors").stat().st_mtime_ns == stamp
+    run_recipe(recipe, ["more.train.steps=3"])  # only the second step's key changed
+    assert (outputs[1] / "model.safetensors").stat().st_mtime_ns != stamp
+    state = json.loads((tmp_path / "runs" / STATE_FILE).read_text())
+    assert set(state) == {"base", "more"}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nsteps:\n  - {name: a, command: explode}\n", "step 'a': unknown command 'explode'"),
+        ("name: x\nsteps:\n  - {name: a, command: train, config: micro, trian: {}}\n", "step 'a': trian: unknown option"),
+        ("name: x\nsteps:\n  - {name: a, command: train, config: micro, train: {steps: -1}}\n", "step 'a': train.steps"),
+        ("name: x\nsteps:\n  - {name: a, command: train, model: previous}\n", "no earlier step produces a model"),
+        ("name: x\nsteps:\n  - {name: a, command: train, model: steps.zz}\n", "names no earlier step"),
+        ("name: x\nstpes: []\n", "stpes: unknown option"),
+        ("name: x\nsteps: [\n", "not valid YAML"),
+    ],
+)
+def test_invalid_recipes_name_step_and_field(tmp_path, text, message):
+    with pytest.raises(LifecycleError, match=message.replace("(", r"\(")):
+        plan_recipe(_write(tmp_path, text))
+
+
+def test_bad_step_is_caught_before_anything_runs(tmp_path):
+    text = CHAIN.format(out=tmp_path / "runs") + "  - {name: broken, command: train, bogus: 1}\n"
+    with pytest.raises(LifecycleError, match="step 'broken'"):
+        run_recipe(_write(tmp_path, text))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_override_is_an_error(tmp_path):
+    with pytest.raises(LifecycleError, match="matches no step option"):
+        plan_recipe(_write(tmp_path, CHAIN.format(out=tmp_path)), ["nonsense=1"])
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
+    run_recipe(_write(tmp_path, CHAIN.format(out=tmp_path / "runs")), dry_run=True)
+    out = capsys.readouterr().out
+    assert "base" in out and "more" in out and "M" in out  # a parameter count like 0.15M
+    assert not (tmp_path / "runs").exists()
