@@ -35,7 +35,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays on one line
 
-OVERRIDES_HELP = "Option overrides as key=value (dotted for nested options: train.steps=100 eval.tasks=arc_easy)."
+OVERRIDES_HELP = "Option overrides as key=value, dotted for nested options (train.steps=100 eval.tasks=arc_easy); `lifecycle options COMMAND` lists them all."
 
 
 def set_dotted(target: dict, key: str, value: Any) -> None:
@@ -163,7 +163,7 @@ def _maybe_relaunch(num_processes: int) -> None:
 
 @app.command()
 def train(
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the checkpoint to."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to write the checkpoint to (required, here or in --options)."),
     config: Optional[str] = typer.Option(None, help="Train from scratch: micro, tiny, small or a config .json."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Continue pretraining this checkpoint (folder, Hub id, .gguf, smollm2)."),
     data: Optional[str] = typer.Option(None, help="Data: shakespeare, wikitext, linux_c, python_stdlib, a file/folder, or hf:NAME."),
@@ -177,7 +177,7 @@ def train(
 ) -> None:
     """Pretrain a model from a config, or continue pretraining a checkpoint."""
     _maybe_relaunch(num_processes)
-    flags = {"output": str(output), "config": config, "model": model, "data": data, "resume": resume or None,
+    flags = {"output": str(output) if output else None, "config": config, "model": model, "data": data, "resume": resume or None,
              "overwrite": overwrite or None, "deepspeed": deepspeed}
     if steps is not None:
         flags["train"] = {"steps": steps}
@@ -222,11 +222,50 @@ def push(
     repo_id: str = typer.Option(..., "--repo-id", help="Hub repository, e.g. org/name."),
     private: bool = typer.Option(True, "--private/--public"),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded; contact nothing."),
-    commit_message: Optional[str] = typer.Option(None),
+    commit_message: Optional[str] = typer.Option(None, help="Commit message on the Hub."),
+    revision: Optional[str] = typer.Option(None, help="Branch to push to (created if missing)."),
+    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of committing to main."),
 ) -> None:
-    """Upload a checkpoint folder and its model card to the Hugging Face Hub."""
+    """Upload a checkpoint folder and its model card to the Hugging Face Hub (token from HF_TOKEN or the HF login)."""
     run_command("push", {"model": str(model), "repo_id": repo_id, "private": private, "dry_run": dry_run,
-                         "commit_message": commit_message}, [])
+                         "commit_message": commit_message, "revision": revision, "create_pr": create_pr or None}, [])
+
+
+def options_yaml(model_cls, indent: int = 0) -> list[str]:
+    """The options model as commented YAML: every field, its default and its description."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, field in model_cls.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.append(f"{pad}{name}:" + (f"  # {field.description}" if field.description else ""))
+            lines.extend(options_yaml(annotation, indent + 1))
+            continue
+        if field.default is not PydanticUndefined:
+            default = field.default
+        elif field.default_factory is not None:
+            default = field.default_factory()
+        else:
+            default = None
+        value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+        required = " (required)" if field.is_required() else ""
+        comment = f"  # {field.description}{required}" if field.description or required else ""
+        lines.append(f"{pad}{name}: {value}{comment}")
+    return lines
+
+
+@app.command(name="options")
+def show_options(command: str = typer.Argument(..., help="A command name, e.g. train.")) -> None:
+    """Print every option of a command with its default, as YAML usable with --options."""
+    from lifecycle.commands import load_all
+
+    commands = load_all()
+    if command not in commands:
+        raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted(commands))})")
+    print("\n".join(options_yaml(commands[command].options)))
 
 
 @app.command(name="ls")

@@ -135,3 +135,10 @@ def test_killed_train_run_resumes_to_the_same_final_loss(tmp_path):
     a = json.loads((tmp_path / "full" / "lifecycle.json").read_text())["metrics"]["final_train_loss"]
     b = json.loads((victim / "lifecycle.json").read_text())["metrics"]["final_train_loss"]
     assert b == pytest.approx(a, abs=1e-4)
+
+
+def test_tensorboard_tracking_writes_events(tmp_path, tiny_corpus, tiny_tokenizer):
+    model, data = _setup(tiny_corpus, tiny_tokenizer)
+    cfg = TrainConfig(steps=4, micro_batch_size=4, eval_every=0, log_every=2, report_to=["tensorboard"])
+    train(model, data, cfg, tmp_path / "run", progress=False)
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents*"))

@@ -70,7 +70,7 @@ def run_train(opts: TrainOptions) -> Path:
     prepare_output_dir(opts.output, opts.overwrite or opts.resume)
     model, tokenizer, corpus, parent_lineage, parent = build_start_model(opts)
     data = pack(corpus, tokenizer, opts.block_size, val_fraction=opts.val_fraction, max_train_tokens=opts.max_train_tokens)
-    accelerator = make_accelerator(opts.train, opts.deepspeed)
+    accelerator = make_accelerator(opts.train, opts.deepspeed, logging_dir=default_run_dir(opts.output) / "logs")
     result = train(
         model,
         data,

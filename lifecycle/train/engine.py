@@ -115,8 +115,8 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = None):
-    """An Accelerator for this run; DeepSpeed when a ZeRO config is given."""
+def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = None, logging_dir: str | Path | None = None):
+    """An Accelerator for this run; DeepSpeed when a ZeRO config is given; trackers from ``report_to``."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
@@ -124,6 +124,9 @@ def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = Non
         "gradient_accumulation_steps": cfg.grad_accum,
         "mixed_precision": "bf16" if cfg.precision == "bf16" else "no",
     }
+    if cfg.report_to:
+        kwargs["log_with"] = list(cfg.report_to)
+        kwargs["project_dir"] = str(logging_dir or "runs/logs")
     if deepspeed_config is not None:
         ds = deepspeed_config
         if isinstance(ds, (str, Path)):
@@ -227,7 +230,7 @@ def train(
     """Train ``model`` on ``data`` for ``cfg.steps`` optimizer steps; see the module docstring."""
     hooks = hooks or TrainHooks()
     run_dir = Path(run_dir)
-    accelerator = accelerator or make_accelerator(cfg, deepspeed_config)
+    accelerator = accelerator or make_accelerator(cfg, deepspeed_config, logging_dir=run_dir / "logs")
     is_main = accelerator.is_main_process
     world = accelerator.num_processes
     using_deepspeed = getattr(accelerator.state, "deepspeed_plugin", None) is not None
@@ -291,7 +294,9 @@ def train(
 
     trackers = bool(cfg.report_to) and is_main
     if cfg.report_to:
-        accelerator.init_trackers(run_dir.name, config=cfg.model_dump())
+        # TensorBoard's hparams accept only scalars and strings.
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.model_dump().items()}
+        accelerator.init_trackers("lifecycle", config=hparams)
     metrics = _MetricsLog(run_dir / "metrics.jsonl" if is_main else None, trackers)
     if is_main and start_step == 0 and (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
@@ -431,8 +436,12 @@ def _gather_plain_model(accelerator, prepared_model, original: nn.Module, using_
         model.eval()
         return model
     state_dict = accelerator.get_state_dict(prepared_model)  # collective under ZeRO-3
+    # Training is over. While a ZeRO-3 config is registered with transformers, every model it builds
+    # or loads (this plain copy, the caller's save-and-reload check) comes out partitioned and empty.
     from transformers import AutoModelForCausalLM
+    from transformers.integrations import unset_hf_deepspeed_config
 
+    unset_hf_deepspeed_config()
     model = AutoModelForCausalLM.from_config(original.config, dtype=torch.float32)
     if accelerator.is_main_process:
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)

@@ -1,0 +1,188 @@
+"""Lineage and model cards: what a checkpoint says about where it came from and how it scores.
+
+The card's front matter is what the Hub indexes (base_model graph, model-index leaderboard), so it is
+checked with huggingface_hub's own parser rather than by string matching.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from lifecycle.model import card as card_mod
+from lifecycle.model.card import LINEAGE_FILE, new_lineage, read_lineage, record_eval, render_model_card, write_model_card
+
+BASE = "HuggingFaceTB/SmolLM2-135M"
+
+
+def _front(text: str) -> dict:
+    assert text.startswith("---\n")
+    _, front, _ = text.split("---", 2)
+    data = yaml.safe_load(front)
+    assert isinstance(data, dict)
+    return data
+
+
+def _chain() -> tuple[dict, dict, dict]:
+    """base (Hub) -> train -> grow -> prune, each stage built from its parent's lineage."""
+    train = new_lineage(command="train", method="full", parents=[BASE], options={"lr": 1e-4}, relation="finetune", seed=1)
+    grow = new_lineage(
+        command="grow", method="depth_upscale", parents=["/runs/smoke/train"], parent_lineages=[train], options={"layers": 4}
+    )
+    prune = new_lineage(
+        command="prune", method="magnitude", parents=["/runs/smoke/grow"], parent_lineages=[grow], options={"sparsity": 0.5}
+    )
+    return train, grow, prune
+
+
+def test_lineage_history_newest_first_and_base_inherited():
+    train, grow, prune = _chain()
+    assert train["base_model"] == BASE and train["history"] == []
+    assert grow["base_model"] == BASE and prune["base_model"] == BASE
+    assert [h["command"] for h in prune["history"]] == ["grow", "train"]
+    assert all("history" not in h for h in prune["history"])  # flattened, not nested
+    assert prune["parents"] == ["/runs/smoke/grow"]
+    assert prune["eval"] == {} and "python" in prune["versions"] and "torch" in prune["versions"]
+    # The recipe hash follows the options, and only them.
+    again = new_lineage(command="prune", options={"sparsity": 0.5})
+    assert again["recipe_hash"] == prune["recipe_hash"]
+    assert new_lineage(command="prune", options={"sparsity": 0.6})["recipe_hash"] != prune["recipe_hash"]
+
+
+def test_lineage_of_a_merge_keeps_both_parents_history():
+    train, grow, _ = _chain()
+    other = new_lineage(command="train", parents=["Org/other-model"], options={})
+    merged = new_lineage(command="merge", method="linear", parents=["/a", "/b"], parent_lineages=[grow, other], relation="merge")
+    assert [h["command"] for h in merged["history"]] == ["grow", "train", "train"]
+    assert merged["history"][2]["parents"] == ["Org/other-model"]
+    assert merged["base_model"] == BASE  # the first parent that knows its base
+
+
+def test_local_parent_is_recorded_as_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "base").mkdir(parents=True)
+    lineage = new_lineage(command="prune", parents=["runs/base"])  # looks like a Hub id, but is a folder here
+    assert lineage["parents"] == [str((tmp_path / "runs" / "base").resolve())]
+    assert "base_model" not in _front(render_model_card(lineage))
+
+
+def test_card_front_matter_is_valid_for_the_hub():
+    _, _, prune = _chain()
+    prune["base_model_relation"] = "finetune"
+    prune["eval"] = {
+        "lc_mc": {"acc,none": 0.61, "acc_stderr,none": 0.02, "acc_norm,none": 0.64, "alias": "lc_mc"},
+        "lc_ppl": {"word_perplexity,none": 41.5, "bits_per_byte,none": float("nan"), "bits_per_byte_stderr,none": "N/A"},
+        "gsm8k": {"exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.01},
+        "flag": {"passed": True},
+    }
+    text = render_model_card(prune)
+    front = _front(text)
+    assert front["library_name"] == "transformers"
+    assert front["tags"] == ["lifecycle", "lifecycle-prune", "magnitude"]
+
+    parsed = ModelCard(text)
+    data = parsed.data
+    assert data.base_model == BASE and data.to_dict()["base_model_relation"] == "finetune"
+    assert data.model_name  # required by the Hub whenever eval_results are present
+    scores = {(r.dataset_name, r.metric_type): r.metric_value for r in data.eval_results}
+    assert scores == {
+        ("lc_mc", "acc"): 0.61,
+        ("lc_mc", "acc_norm"): 0.64,
+        ("lc_ppl", "word_perplexity"): 41.5,
+        ("gsm8k", "exact_match"): 0.25,
+    }  # no stderr, no NaN, no booleans, no strings
+    names = {r.metric_name for r in data.eval_results}
+    assert "gsm8k exact_match (strict-match)" in names and "lc_mc acc" in names
+    assert all(r.task_type == "text-generation" for r in data.eval_results)
+    # The body pairs each score with its stderr and shows the lineage.
+    assert "0.6100 ± 0.0200" in text and "| lc_ppl | bits_per_byte,none | nan |" in text
+    assert "ancestor 1" in text and "ancestor 2" in text
+    assert "sparsity: 0.5" in text
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        (BASE, True),
+        ("Org/model.v1-2", True),
+        ("/abs/path/model", False),
+        ("./runs/model", False),
+        ("~/models/x", False),
+        ("runs/grow/final", False),
+        ("gpt2", False),
+        ("a/../b", False),
+        ("org/name.", False),
+        (None, False),
+    ],
+)
+def test_base_model_only_for_hub_ids(base, expected):
+    lineage = {"command": "train", "base_model": base, "base_model_relation": "finetune"}
+    front = _front(render_model_card(lineage))
+    assert ("base_model" in front) is expected
+    assert ("base_model_relation" in front) is expected
+    if base:
+        assert str(base) in render_model_card(lineage)  # always kept in the body
+
+
+def test_relation_outside_hub_vocabulary_is_dropped():
+    front = _front(render_model_card({"command": "grow", "base_model": BASE, "base_model_relation": "grow"}))
+    assert front["base_model"] == BASE and "base_model_relation" not in front
+
+
+def test_options_that_yaml_cannot_represent_still_render(tmp_path):
+    lineage = new_lineage(command="train", options={"output": tmp_path / "out", "lr": np.float32(0.5), "steps": (1, 2)})
+    text = render_model_card(lineage)
+    assert f"output: {tmp_path / 'out'}" in text and "lr: 0.5" in text
+    write_model_card(tmp_path, lineage)
+    assert (tmp_path / "README.md").read_text() == text
+
+
+def _checkpoint(folder: Path) -> Path:
+    folder.mkdir()
+    _, _, lineage = _chain()
+    (folder / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2))
+    write_model_card(folder, lineage)
+    return folder
+
+
+def test_record_eval_merges_scores_and_rerenders(tmp_path):
+    folder = _checkpoint(tmp_path / "ckpt")
+    record_eval(folder, {"lc_mc": {"acc,none": np.float64(0.5), "acc_stderr,none": 0.05}})
+    record_eval(folder, {"lc_ppl": {"word_perplexity,none": 40.0}}, settings={"limit": 200, "tasks_dir": Path("/t")})
+    record_eval(folder, {"lc_mc": {"acc,none": 0.75}})  # re-evaluated: replaces that task's numbers
+
+    lineage = read_lineage(folder)
+    assert lineage["eval"] == {"lc_mc": {"acc,none": 0.75}, "lc_ppl": {"word_perplexity,none": 40.0}}
+    assert lineage["eval_settings"] == {"limit": 200, "tasks_dir": "/t"}
+    assert lineage["command"] == "prune" and len(lineage["history"]) == 2  # the rest is untouched
+    text = (folder / "README.md").read_text()
+    assert text == render_model_card(lineage)  # card and lineage agree
+    scores = {(r.dataset_name, r.metric_type): r.metric_value for r in ModelCard(text).data.eval_results}
+    assert scores == {("lc_mc", "acc"): 0.75, ("lc_ppl", "word_perplexity"): 40.0}
+    assert sorted(os.listdir(folder)) == ["README.md", LINEAGE_FILE]  # no temp files left behind
+
+
+def test_record_eval_leaves_both_files_alone_when_rendering_fails(tmp_path, monkeypatch):
+    folder = _checkpoint(tmp_path / "ckpt")
+    before = {name: (folder / name).read_text() for name in ("README.md", LINEAGE_FILE)}
+
+    def broken(lineage: dict) -> str:
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(card_mod, "render_model_card", broken)
+    with pytest.raises(RuntimeError):
+        record_eval(folder, {"lc_mc": {"acc,none": 0.5}})
+    assert {name: (folder / name).read_text() for name in before} == before
+    assert sorted(os.listdir(folder)) == ["README.md", LINEAGE_FILE]
+
+
+def test_record_eval_on_a_folder_without_lineage(tmp_path):
+    record_eval(tmp_path, {"lc_mc": {"acc,none": 0.5}})
+    assert read_lineage(tmp_path)["eval"] == {"lc_mc": {"acc,none": 0.5}}
+    assert ModelCard((tmp_path / "README.md").read_text()).data.eval_results[0].metric_value == 0.5
