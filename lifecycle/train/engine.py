@@ -12,7 +12,7 @@ run sees the same global batches as a 1-process run with twice the accumulation.
 
 Checkpoint layout (``run_dir/checkpoints/step-N``), written to a temp folder and renamed:
 ``model.safetensors`` (full weights), ``optimizer.pt`` (tensor-only state, read back with
-``weights_only=True``, so loading executes no code), ``rng.pt`` (same), ``trainer_state.json``.
+``weights_only=True``, so loading executes no code), ``rng-<rank>.pt`` (same), ``trainer_state.json``.
 Under DeepSpeed the optimizer state is sharded, so ``accelerate.save_state`` writes it instead.
 """
 
@@ -62,17 +62,22 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1)
     skip_tokens: int = Field(0, ge=0, description="tokens of the data stream to skip (already seen by a parent)")
+    # One LR schedule over several train() calls (prune <-> train stages): call k sets step_offset to the
+    # steps already taken and schedule_steps to the total, so warmup/decay continue instead of restarting.
+    step_offset: int = Field(0, ge=0, description="global step of this run's first step (schedule position)")
+    schedule_steps: int | None = Field(None, ge=1, description="length of the LR schedule; default: steps")
     report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(default_factory=list)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate for optimizer step ``step`` (0-based)."""
+    """Learning rate for optimizer step ``step`` (0-based, counted from ``cfg.step_offset``)."""
+    step = step + cfg.step_offset
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if cfg.warmup_steps and step < cfg.warmup_steps:
         return peak * (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return peak
-    total = max(cfg.steps, 1)
+    total = max(cfg.schedule_steps or cfg.steps, 1)
     if cfg.schedule == "wsd":
         # Warmup-stable-decay: flat at the peak, then linear decay over the last decay_fraction.
         decay_start = int(total * (1 - cfg.decay_fraction))
@@ -118,7 +123,7 @@ class TrainResult:
 def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = None, logging_dir: str | Path | None = None):
     """An Accelerator for this run; DeepSpeed when a ZeRO config is given; trackers from ``report_to``."""
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
 
     kwargs: dict[str, Any] = {
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -138,7 +143,25 @@ def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = Non
         ds.pop("train_batch_size", None)
         ds.setdefault("bf16", {})["enabled"] = cfg.precision == "bf16"
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
-    return Accelerator(**kwargs)
+        if "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
+            # Not started by a launcher: one process still needs the rendezvous variables, or
+            # DeepSpeed tries MPI discovery and Accelerate never creates the process group.
+            import socket
+
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+                os.environ.setdefault(key, value)
+    accelerator = Accelerator(**kwargs)
+    if deepspeed_config is not None and accelerator.distributed_type != DistributedType.DEEPSPEED:
+        raise LifecycleError(
+            f"a DeepSpeed config was given but Accelerate set up {accelerator.distributed_type.value} instead "
+            "(ACCELERATE_USE_CPU, which multi-process CPU runs need, turns DeepSpeed off): "
+            "drop the DeepSpeed config, or run one process"
+        )
+    return accelerator
 
 
 def _run_fingerprint(model: nn.Module, data: PackedData, cfg: TrainConfig, world: int) -> str:
@@ -346,6 +369,16 @@ def train(
         progress_bar.start()
         task = progress_bar.add_task(description, total=cfg.steps, completed=start_step, loss="-", tps="-")
 
+    # An epoch's permutation costs ~30 ms per 400k blocks: build it once per epoch, not per micro-batch.
+    orders: dict[int, torch.Tensor] = {}
+
+    def _order(epoch: int) -> torch.Tensor:
+        if epoch not in orders:
+            for old in [e for e in orders if e < epoch - 1]:
+                del orders[old]
+            orders[epoch] = epoch_order(num_blocks, cfg.seed, epoch)
+        return orders[epoch]
+
     started = time.perf_counter()
     window_start, window_tokens = time.perf_counter(), 0
     last_loss = None
@@ -356,15 +389,15 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             position = skip_blocks + step * global_batch
-            step_loss = 0.0
+            step_loss_sum = torch.zeros((), device=device)  # summed on the device: one sync per step, not per micro-batch
             for micro in range(cfg.grad_accum):
                 offset = position + (micro * world + accelerator.process_index) * cfg.micro_batch_size
                 epoch, within = divmod(offset, num_blocks)
-                order = epoch_order(num_blocks, cfg.seed, epoch)
+                order = _order(epoch)
                 idx = torch.arange(within, within + cfg.micro_batch_size)
                 # Blocks past this epoch's end come from the next epoch's permutation.
                 wrap = idx >= num_blocks
-                chosen = torch.where(wrap, epoch_order(num_blocks, cfg.seed, epoch + 1)[idx % num_blocks], order[idx % num_blocks])
+                chosen = torch.where(wrap, _order(epoch + 1)[idx % num_blocks], order[idx % num_blocks]) if bool(wrap.any()) else order[idx]
                 batch = data.train[chosen].to(device)
                 with accelerator.accumulate(prepared_model):
                     outputs = prepared_model(input_ids=batch, labels=batch)
@@ -381,9 +414,10 @@ def train(
                             accelerator.clip_grad_norm_(prepared_model.parameters(), cfg.grad_clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach().float().item() / cfg.grad_accum
+                step_loss_sum += loss.detach().float() / cfg.grad_accum
             if world > 1:
-                step_loss = accelerator.reduce(torch.tensor(step_loss, device=device), reduction="mean").item()
+                step_loss_sum = accelerator.reduce(step_loss_sum, reduction="mean")
+            step_loss = step_loss_sum.item()
             if not math.isfinite(step_loss):
                 raise LifecycleError(f"loss became {step_loss} at step {step + 1}; lower the learning rate or use fp32")
             if hooks.after_step is not None:
