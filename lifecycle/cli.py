@@ -19,6 +19,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+if not sys.stderr.isatty():
+    # lm-eval and datasets draw tqdm bars; in a log file they are a wall of carriage returns.
+    os.environ.setdefault("TQDM_DISABLE", "1")
 
 import typer
 import yaml
@@ -130,7 +133,7 @@ def _maybe_relaunch(num_processes: int) -> None:
     """Re-exec this command under ``accelerate launch`` for multi-process runs (axolotl-style)."""
     if num_processes <= 1 or os.environ.get("LIFECYCLE_LAUNCHED") == "1" or "LOCAL_RANK" in os.environ:
         return
-    import shutil
+    import importlib.util
 
     args = [a for a in sys.argv[1:]]
     cleaned: list[str] = []
@@ -145,20 +148,24 @@ def _maybe_relaunch(num_processes: int) -> None:
         if a.startswith("--num-processes="):
             continue
         cleaned.append(a)
-    accelerate = shutil.which("accelerate")
-    if accelerate is None:
-        raise LifecycleError("multi-process runs need the accelerate CLI on PATH")
+    # `python -m accelerate...` with this interpreter, not whatever `accelerate` is first on PATH
+    # (an un-activated virtualenv has none, another environment's would run the wrong code).
+    if importlib.util.find_spec("accelerate") is None:
+        raise LifecycleError("multi-process runs need accelerate installed")
     env = dict(os.environ, LIFECYCLE_LAUNCHED="1")
-    launch = [accelerate, "launch", "--num_processes", str(num_processes)]
-    try:
-        import torch
+    launch = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch", "--multi_gpu",
+              "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no"]
+    import torch
 
-        if not torch.cuda.is_available():
-            env["ACCELERATE_USE_CPU"] = "1"
-            launch.append("--cpu")
-    except ImportError:
-        pass
-    os.execvpe(accelerate, [*launch, "-m", "lifecycle", *cleaned], env)
+    if not torch.cuda.is_available():
+        if any(arg == "--deepspeed" or arg.startswith(("--deepspeed=", "deepspeed=")) for arg in cleaned):
+            raise LifecycleError("DeepSpeed with several processes needs GPUs; on CPU use -n without --deepspeed, "
+                                 "or --deepspeed with one process")
+        # `accelerate launch --cpu` starts ONE process unless MPI is set up; the torchrun-based
+        # launcher (--multi_gpu) plus ACCELERATE_USE_CPU gives N gloo processes on the CPU.
+        env["ACCELERATE_USE_CPU"] = "1"
+    os.execve(sys.executable, [*launch, "-m", "lifecycle", *cleaned], env)
 
 
 @app.command()
@@ -182,6 +189,61 @@ def train(
     if steps is not None:
         flags["train"] = {"steps": steps}
     out = run_command("train", flags, overrides or [], options)
+    _done(out)
+
+
+@app.command()
+def grow(
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the grown checkpoint (not needed with --plan)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Trained source checkpoint to grow."),
+    config: Optional[str] = typer.Option(None, help="Target config to grow from scratch: micro, tiny, small or a .json."),
+    method: Optional[str] = typer.Option(None, help="gstack (stack layers, default) or layerwise (frozen substrate)."),
+    target_layers: Optional[int] = typer.Option(None, "--target-layers", help="Depth of the grown model."),
+    factor: Optional[float] = typer.Option(None, help="Growth factor g (target = g x source depth; default 4)."),
+    layer_map: Optional[str] = typer.Option(None, "--layer-map", help="Source layer of every target layer: 0,1,2,3,0,1,2,3."),
+    order: Optional[str] = typer.Option(None, help="G_stack order: stack (0123 0123) or interleave (0011 2233)."),
+    data: Optional[str] = typer.Option(None, help="Data: shakespeare, wikitext, linux_c, python_stdlib, a file/folder, or hf:NAME."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (train.steps; the total budget when growing from --config)."),
+    plan: bool = typer.Option(False, "--plan", help="Print the G_stack growth plan (d, small model, saving) and exit."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Grow a model deeper: G_stack layer stacking, or layer-wise growth on a frozen substrate."""
+    flags = {"output": str(output) if output else ("(plan: nothing is written)" if plan else None), "model": model,
+             "config": config, "method": method, "target_layers": target_layers, "factor": factor, "layer_map": layer_map,
+             "order": order, "data": data, "plan": plan or None, "overwrite": overwrite or None}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("grow", flags, overrides or [], options)
+    if out is not None:
+        _done(out)
+
+
+@app.command()
+def prune(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the pruned checkpoint."),
+    model: str = typer.Option(..., "--model", "-m", help="Model to prune: folder, Hub id, .gguf file, or smollm2."),
+    method: Optional[str] = typer.Option(None, help="adapt (Adapt-Pruner, default), taylor-uniform, flap or depth."),
+    target_params: Optional[str] = typer.Option(None, "--target-params", help="Total parameters to reach, e.g. 95M."),
+    ratio: Optional[float] = typer.Option(None, help="Share of the decoder's non-embedding parameters to remove, e.g. 0.3."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Per-layer plan file (num_key_value_heads, intermediate_size, drop_layers)."),
+    uniform: bool = typer.Option(False, "--uniform", help="Same width in every layer: a vanilla config."),
+    attention_ratio: Optional[float] = typer.Option(None, "--attention-ratio", help="taylor-uniform: share of KV groups removed in every layer (whole GQA groups)."),
+    stages: Optional[int] = typer.Option(None, help="Adapt-Accel: prune/train stages (needs train.steps)."),
+    data: Optional[str] = typer.Option(None, help="Recovery/calibration data: wikitext, shakespeare, a file/folder, or hf:NAME."),
+    steps: Optional[int] = typer.Option(None, help="Recovery training steps (train.steps; 0 = prune only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Structured pruning (Adapt-Pruner, uniform Taylor, FLAP, depth) into checkpoints that load."""
+    flags = {"output": str(output), "model": model, "method": method, "target_params": target_params, "ratio": ratio,
+             "plan": plan, "uniform": uniform or None, "attention_ratio": attention_ratio, "stages": stages,
+             "data": data, "overwrite": overwrite or None}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("prune", flags, overrides or [], options)
     _done(out)
 
 
@@ -284,7 +346,8 @@ def list_commands() -> None:
 
 
 def _done(out: Path) -> None:
-    Console().print(f"[green]wrote[/green] {out}")
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, only the main process reports
+        Console().print(f"[green]wrote[/green] {out}")
 
 
 def _quiet_libraries() -> None:

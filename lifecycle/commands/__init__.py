@@ -48,7 +48,7 @@ def load_all() -> dict[str, Command]:
     """Import every command module so it registers itself; returns the registry."""
     import importlib
 
-    for module in ("train", "eval", "grow", "push"):
+    for module in ("train", "eval", "grow", "prune", "push"):
         try:
             importlib.import_module(f"lifecycle.commands.{module}")
         except ModuleNotFoundError as exc:

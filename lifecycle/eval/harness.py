@@ -425,9 +425,14 @@ def evaluate(
         ensure_offline_defaults()
 
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.utils import handle_non_serializable
+
+    # lm-eval records `git describe` of the current directory, printing "fatal: not a git repository"
+    # outside one; the caller's working directory says nothing about this model, so skip it quietly.
+    lm_eval.evaluator.get_git_commit_hash = lambda: None
 
     eval_path = Path(eval_dir).expanduser().resolve() if eval_dir else _default_eval_dir()
     _check_data_files([n for n in names if n in local], eval_path)

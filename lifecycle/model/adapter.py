@@ -19,7 +19,11 @@ from torch import nn
 
 from lifecycle.errors import UnsupportedArchitectureError
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+SUPPORTED_MODEL_TYPES = (
+    "llama", "qwen2", "mistral",
+    # per-layer-width models written by `lifecycle prune` (lifecycle/model/pruned.py)
+    "lifecycle_pruned_llama", "lifecycle_pruned_qwen2", "lifecycle_pruned_mistral",
+)
 
 
 @dataclass(frozen=True)

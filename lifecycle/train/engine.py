@@ -441,6 +441,12 @@ def train(
                 fields = {"loss": f"{step_loss:.3f}"}
                 if "tokens_per_s" in row:
                     fields["tps"] = f"{row['tokens_per_s']:.0f}"
+                    if not progress_bar.console.is_terminal:
+                        # Logs and CI see no live bar: print the logged rows instead.
+                        val = f" val {row['val_loss']:.3f}" if row.get("val_loss") is not None else ""
+                        progress_bar.console.print(
+                            f"{description} {done}/{cfg.steps} loss {step_loss:.3f}{val} "
+                            f"{row['tokens_per_s']:.0f} tok/s", highlight=False)
                 progress_bar.update(task, completed=done, **fields)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
                 save_checkpoint(done)

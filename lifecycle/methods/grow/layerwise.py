@@ -1,0 +1,325 @@
+"""Layer-wise growth on a frozen substrate.
+
+Bochkov 2025, "Growing Transformers: Modular Composition and Layer-wise Expansion on a Frozen
+Substrate" (arXiv:2507.07129; models abs-bvv-1..6). The protocol, and where this file implements it:
+
+1. The token embedding is a *frozen substrate*: it is never trained (:func:`freeze_substrate`). The
+   paper builds it deterministically from the tokenizer (Unicode-glyph images, L2-normalised). Here
+   it is either the model's own embedding (``embedding="model"``: for a trained source model, its
+   learned table; for a model built from a config, its seeded random init) or a table derived from
+   the tokenizer alone (``embedding="hashed"``, :func:`hashed_embedding`).
+2. The deep model is built by adding one layer — or a block of ``k`` — at a time *before the final
+   norm* (:func:`add_layers`) and training only the new layer(s); everything below is frozen
+   (:func:`set_trainable`). abs-bvv-5/6 additionally LoRA-tune the old layers; here ``lora_rank > 0``
+   puts peft LoRA adapters on every old layer for the stage and merges them into the weights at the
+   end of the stage, so every checkpoint is a plain model (:func:`grow_layerwise`).
+3. Every stage is a checkpoint that loads with ``AutoModelForCausalLM.from_pretrained`` (the caller's
+   ``on_stage`` callback writes it).
+
+Choices the paper leaves open or that differ, and why:
+
+* ``hashed`` embedding instead of glyph images: each token's vector is drawn from a Gaussian seeded by
+  a SHA-256 of the token's *text* (not its id), then scaled to the model's init scale
+  (``initializer_range`` per component). Like the glyph table it needs no training, is fully
+  deterministic, and gives the same string the same vector in any vocabulary; it needs no font
+  renderer. It carries no similarity between related tokens (glyph images carry some).
+* The final norm is trained in every stage (it rescales the new top layer's output, a few hundred
+  parameters). The LM head is trained too when it is not tied to the embedding; with
+  ``head="train"`` a tied head is first untied (the config's ``tie_word_embeddings`` becomes false,
+  so reloading keeps them separate). With ``head="frozen"`` a tied head stays the frozen embedding.
+* New layers start as ``identity`` by default: a fresh random layer (normal(0, initializer_range),
+  norms at 1) with its two residual-branch outputs (``o_proj``, ``down_proj``) zeroed, so adding it
+  leaves the model's function — and its loss — exactly where the previous stage ended; training then
+  moves it away from identity. ``random`` keeps the plain random init (the paper's description).
+* Each stage gets a fresh AdamW and a restarted warmup + cosine schedule (only the new parameters are
+  optimised, so there is no state to carry), and the data stream continues where the previous stage
+  stopped (``skip_tokens``), as in one pass over the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from lifecycle.errors import LifecycleError
+from lifecycle.model.adapter import adapter_for
+
+EmbeddingKind = Literal["model", "hashed"]
+HeadMode = Literal["train", "frozen"]
+NewLayerInit = Literal["identity", "random"]
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+# ------------------------------------------------------------------------------------------------
+# step 1: the frozen substrate
+
+
+def hashed_embedding(tokenizer: Any, vocab_size: int, hidden_size: int, *, std: float = 0.02, seed: int = 0) -> torch.Tensor:
+    """A ``[vocab_size, hidden_size]`` table built from the tokenizer without training.
+
+    Row ``i`` is a Gaussian vector seeded by ``sha256(f"{seed}|{token text}")`` with per-component RMS
+    ``std`` (the model's init scale). Ids past the tokenizer's vocabulary (padding rows) use their id.
+    """
+    table = torch.empty(vocab_size, hidden_size, dtype=torch.float32)
+    id_to_token = {i: t for t, i in tokenizer.get_vocab().items()} if tokenizer is not None else {}
+    for i in range(vocab_size):
+        text = id_to_token.get(i, f"<id:{i}>")
+        digest = hashlib.sha256(f"{seed}|{text}".encode("utf-8")).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        row = torch.randn(hidden_size, generator=g)
+        table[i] = row * (std / row.pow(2).mean().sqrt().clamp_min(1e-12))
+    return table
+
+
+def freeze_substrate(model: nn.Module, *, embedding: EmbeddingKind = "model", head: HeadMode = "train", tokenizer: Any = None, seed: int = 0) -> None:
+    """Make the token embedding a frozen substrate (optionally replacing it by the hashed table).
+
+    With ``head="train"`` and tied embeddings, the head is untied first (a trainable copy), so that
+    training the head never moves the embedding.
+    """
+    adapter = adapter_for(model)
+    emb = adapter.embed_tokens
+    if embedding == "hashed":
+        std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+        with torch.no_grad():
+            emb.weight.copy_(hashed_embedding(tokenizer, emb.weight.shape[0], emb.weight.shape[1], std=std, seed=seed))
+    elif embedding != "model":
+        raise LifecycleError(f"unknown embedding '{embedding}' (use model or hashed)")
+    if head == "train" and adapter.tied_embeddings:
+        adapter.lm_head.weight = nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+        text_config = getattr(model.config, "get_text_config", lambda: None)()
+        if text_config is not None and text_config is not model.config:
+            text_config.tie_word_embeddings = False
+    emb.weight.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------------------------
+# step 2: add layers before the final norm, train only them
+
+
+def _init_layer(layer: nn.Module, std: float, generator: torch.Generator, init: NewLayerInit) -> None:
+    with torch.no_grad():
+        for name, module in layer.named_modules():
+            if isinstance(module, nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif "RMSNorm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+                module.weight.fill_(1.0)
+        if init == "identity":
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        elif init != "random":
+            raise LifecycleError(f"unknown new-layer init '{init}' (use identity or random)")
+
+
+def add_layers(model: nn.Module, k: int, *, init: NewLayerInit = "identity", seed: int = 0) -> list[int]:
+    """Append ``k`` freshly initialised decoder layers on top of the stack (before the final norm).
+
+    A new layer is made by copying the current top layer's module (so its class, per-layer
+    attention type and GQA shape match the architecture) and re-initialising all its weights.
+    Returns the indices of the new layers.
+    """
+    if k < 1:
+        raise LifecycleError(f"layers per stage must be at least 1, got {k}")
+    adapter = adapter_for(model)
+    n = len(adapter.layers)
+    if n == 0:
+        raise LifecycleError("the model has no decoder layer to take the layer shape from")
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    generator = torch.Generator().manual_seed(seed * 7919 + n)
+    new = []
+    for _ in range(k):
+        layer = adapter.copy_layer(n - 1)
+        _init_layer(layer, std, generator, init)
+        new.append(layer)
+    adapter.set_layers([*adapter.layers, *new])
+    return list(range(n, n + k))
+
+
+def set_trainable(model: nn.Module, trainable_layers: list[int]) -> None:
+    """Freeze everything except the given layers, the final norm and an untied head."""
+    adapter = adapter_for(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i in trainable_layers:
+        for p in adapter.layers[i].parameters():
+            p.requires_grad_(True)
+    for p in adapter.final_norm.parameters():
+        p.requires_grad_(True)
+    if not adapter.tied_embeddings:
+        adapter.lm_head.weight.requires_grad_(True)
+    adapter.embed_tokens.weight.requires_grad_(False)
+
+
+def stage_flops_per_token(model: nn.Module, trainable_layers: list[int], *, lora: bool = False) -> float:
+    """Training FLOPs per token of one stage: ``2·N`` forward plus backward through what needs it.
+
+    Backward costs ``4·n`` for every parameter on the path from the loss down to the lowest
+    trainable layer (activation gradient ``2n`` and weight gradient ``2n``; frozen layers above a
+    trainable one would cost ``2n``, but new layers are always on top). The embedding lookup is free.
+    With LoRA every old layer is on that path (LoRA's own parameters are negligible here).
+    """
+    adapter = adapter_for(model)
+    total = adapter.num_parameters()
+    lookup = 0 if adapter.tied_embeddings else adapter.embed_tokens.weight.numel()
+    lowest = 0 if lora or not trainable_layers else min(trainable_layers)
+    path = sum(p.numel() for i in range(lowest, len(adapter.layers)) for p in adapter.layers[i].parameters())
+    path += sum(p.numel() for p in adapter.final_norm.parameters()) + adapter.lm_head.weight.numel()
+    return 2.0 * (total - lookup) + 4.0 * path
+
+
+# ------------------------------------------------------------------------------------------------
+# the stage loop
+
+
+@dataclass
+class StageReport:
+    stage: int
+    layers: int  # depth after this stage
+    new_layers: list[int]
+    trainable_params: int
+    tokens: int
+    flops: float
+    seconds: float
+    final_val_loss: float | None
+    final_train_loss: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class LayerwiseRun:
+    model: nn.Module
+    stages: list[StageReport]
+    history: list[dict]  # all stages, tokens counted from the start of stage 1
+
+    @property
+    def tokens_seen(self) -> int:
+        return sum(s.tokens for s in self.stages)
+
+    @property
+    def train_flops(self) -> float:
+        return sum(s.flops for s in self.stages)
+
+
+def _apply_lora(model: nn.Module, old_layers: list[int], rank: int, alpha: float):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        layers_to_transform=old_layers,
+        layers_pattern="layers",
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def grow_layerwise(
+    model: nn.Module,
+    data,
+    cfg,
+    run_dir: str | Path,
+    *,
+    target_layers: int,
+    layers_per_stage: int = 1,
+    train_initial: bool = False,
+    lora_rank: int = 0,
+    lora_alpha: float | None = None,
+    new_layer_init: NewLayerInit = "identity",
+    seen_tokens: int = 0,
+    on_stage: Callable[[StageReport, nn.Module], None] | None = None,
+    train_fn: Callable | None = None,
+    progress: bool = True,
+) -> LayerwiseRun:
+    """Grow ``model`` (its substrate already frozen) to ``target_layers``, ``layers_per_stage`` at a time.
+
+    ``train_initial``: first train the model's existing layers as stage 1 (growing from a config:
+    the first block is trained from scratch on the substrate). Every stage trains with ``cfg`` (a
+    :class:`TrainConfig`; ``cfg.steps`` steps per stage) and continues the data stream. ``on_stage``
+    is called with each stage's report and the plain (LoRA-merged) model.
+    """
+    from lifecycle.train.engine import TrainHooks, train
+
+    train_fn = train_fn or train
+    run_dir = Path(run_dir)
+    adapter = adapter_for(model)
+    if target_layers < len(adapter.layers):
+        raise LifecycleError(f"target depth {target_layers} is smaller than the source's {len(adapter.layers)} layers")
+    if not train_initial and target_layers == len(adapter.layers):
+        raise LifecycleError(f"the source already has {target_layers} layers: nothing to grow")
+    if (target_layers - len(adapter.layers)) % layers_per_stage:
+        raise LifecycleError(
+            f"cannot reach {target_layers} layers from {len(adapter.layers)} in blocks of {layers_per_stage}"
+        )
+    plan: list[list[int] | None] = []
+    if train_initial:
+        plan.append(list(range(len(adapter.layers))))
+    plan += [None] * ((target_layers - len(adapter.layers)) // layers_per_stage)
+
+    stages: list[StageReport] = []
+    history: list[dict] = []
+    tokens_so_far = 0
+    for number, existing in enumerate(plan, start=1):
+        started = time.perf_counter()
+        if existing is None:
+            new = add_layers(model, layers_per_stage, init=new_layer_init, seed=cfg.seed + number)
+        else:
+            new = existing
+        old = [i for i in range(len(adapter_for(model).layers)) if i not in new]
+        set_trainable(model, new)
+        use_lora = lora_rank > 0 and bool(old)
+        flops_per_token = stage_flops_per_token(model, new, lora=use_lora)
+        trainee = _apply_lora(model, old, lora_rank, lora_alpha or 2 * lora_rank) if use_lora else model
+        if use_lora:
+            # get_peft_model freezes everything but the adapters; the new layers train in full.
+            set_trainable(trainee.get_base_model(), new)
+            for name, p in trainee.named_parameters():
+                if "lora_" in name:
+                    p.requires_grad_(True)
+        trainable = sum(p.numel() for p in trainee.parameters() if p.requires_grad)
+        stage_cfg = cfg.model_copy(update={"skip_tokens": seen_tokens + tokens_so_far})
+        result = train_fn(
+            trainee,
+            data,
+            stage_cfg,
+            run_dir / f"stage-{number}",
+            hooks=TrainHooks(),
+            description=f"layer-wise stage {number}",
+            progress=progress,
+        )
+        trained = result.model
+        model = trained.merge_and_unload() if use_lora else trained
+        for p in model.parameters():
+            p.requires_grad_(False)
+        report = StageReport(
+            stage=number,
+            layers=len(adapter_for(model).layers),
+            new_layers=new,
+            trainable_params=trainable,
+            tokens=result.tokens_seen,
+            flops=flops_per_token * result.tokens_seen,
+            seconds=time.perf_counter() - started,
+            final_val_loss=result.final_val_loss,
+            final_train_loss=result.final_train_loss,
+            history=[dict(r, stage=number, tokens=r["tokens"] + tokens_so_far) for r in result.history],
+        )
+        tokens_so_far += result.tokens_seen
+        history.extend(report.history)
+        stages.append(report)
+        if on_stage is not None:
+            on_stage(report, model)
+    # Hand back a plain model: everything trainable again except the substrate.
+    for p in model.parameters():
+        p.requires_grad_(True)
+    adapter_for(model).embed_tokens.weight.requires_grad_(False)
+    return LayerwiseRun(model=model, stages=stages, history=history)

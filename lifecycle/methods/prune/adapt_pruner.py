@@ -1,0 +1,235 @@
+"""Adapt-Pruner and Adapt-Accel: layer-adaptive structured pruning, optionally interleaved with training.
+
+Pan et al. 2025, "Adapt-Pruner: Adaptive Structural Pruning for Efficient Small Language Model
+Training" (arXiv:2502.03460); reference code research4pan/AdaptPruner (``utils/hf_prune.py
+--block_wise --adpative_prune``, ``MetaPruner.adaptive_update_prune_distribution``). The algorithm, and
+where each step is implemented:
+
+1. **Structures** (Sec. 3.2): in every decoder layer, whole KV groups with their query heads (rooted at
+   ``k_proj``, ``head_dim`` consecutive channels; RoPE untouched) and MLP channels (``gate``/``up``
+   rows with the ``down`` column). Hidden size is not pruned. (:mod:`.surgery`)
+2. **Channel importance** (Sec. 3.2): first-order Taylor ``Σ |W ⊙ ∇W|`` over each coupled group on
+   calibration text, recomputed at every step on the current, already-pruned model. (:func:`taylor_scores`)
+3. **Layer importance** (Sec. 3.1, Eq. 2): ``I_l = −mean cos(h_in, h_out)``, centred and divided by
+   ``max|·|`` → ``Î_l``. (:func:`normalize_layer_importance`)
+4. **Adaptive sparsity** (Sec. 3.1, Eq. 3, the "adaptive update" step): every step
+   ``s_l ← clip(s_l + Δ − A·Î_l, 0, 0.99)`` — each step prunes ``Δ`` (2 % of the original width by
+   default) on average, less in important layers and more in unimportant ones; ``A`` is the amplitude
+   (0.02 in the reference scripts). Layer ``l`` then keeps ``⌈K_l(1 − s_l)⌉`` of its original ``K_l``
+   KV groups (at least one) and ``M_l(1 − s_l)`` of its ``M_l`` channels (rounded), choosing the
+   highest-Taylor ones. (:meth:`AdaptPruner.step_plan`)
+5. **Stop** when the parameter count reaches the target. Unlike the reference (which stops after the
+   first step that undershoots, by up to one whole step), the last step is scaled down by bisection so
+   the result lands within one structure of the target. (:meth:`AdaptPruner.prune_to`)
+6. **Adapt-Accel** (Sec. 3.3): ``N`` stages; stage ``k`` prunes to ``P₀ − (P₀ − P*)·k/N`` parameters
+   (steps 2–5) and then trains on the ``k``-th slice of the data, with one LR schedule and one global
+   step counter across all stages and optional logit distillation from the unpruned model.
+   (:func:`run_adapt_accel`; the shared engine continues the schedule through ``step_offset``)
+
+Since the trajectory of steps 2–4 does not depend on the target (only the stopping point does), the
+per-step scores of one-shot runs are cached: pruning the same model to another size replays them and
+only calibrates beyond the cached steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from lifecycle.errors import LifecycleError
+from lifecycle.methods.prune.importance import (
+    Calibration,
+    ScoreCache,
+    TaylorScores,
+    normalize_layer_importance,
+    taylor_scores,
+)
+from lifecycle.methods.prune.plan import Costs, LayerPlan, Plan, apply_plan, current_plan, fmt_params, round_channels
+from lifecycle.model.adapter import DecoderAdapter
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """Knobs of Adapt-Pruner, with the reference scripts' values as defaults."""
+
+    step_fraction: float = 0.02  # Δ: mean sparsity added per step (reference: ratio 1.0 / 50 steps)
+    amplitude: float = 0.02  # A: how strongly layer importance skews the per-layer sparsity
+    max_sparsity: float = 0.99  # clip of s_l (reference: 0.99)
+    channel_round: int = 8  # MLP widths rounded to a multiple of this
+    min_channels: int = 8  # no layer keeps fewer MLP channels
+    uniform: bool = False  # A = 0: every layer shares one sparsity → vanilla (uniform) shapes
+
+    def validate(self) -> None:
+        if not 0 < self.step_fraction <= 0.5:
+            raise LifecycleError(f"step fraction Δ must be in (0, 0.5], got {self.step_fraction}")
+        if self.amplitude < 0:
+            raise LifecycleError(f"amplitude A must be ≥ 0, got {self.amplitude}")
+        if not 0 < self.max_sparsity < 1:
+            raise LifecycleError(f"max sparsity must be in (0, 1), got {self.max_sparsity}")
+
+
+class AdaptPruner:
+    """Holds the per-layer sparsity ``s_l`` and original widths across steps (and Adapt-Accel stages)."""
+
+    def __init__(
+        self,
+        adapter: DecoderAdapter,
+        calib: Calibration,
+        settings: AdaptSettings,
+        *,
+        batch_size: int = 16,
+        model_fp: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        settings.validate()
+        self.adapter = adapter
+        self.calib = calib
+        self.settings = settings
+        self.batch_size = batch_size
+        self.log = log or (lambda message: None)
+        start = current_plan(adapter)
+        self.kv0 = [p.kv_groups for p in start.layers]
+        self.m0 = [p.channels for p in start.layers]
+        self.sparsity = torch.zeros(len(self.kv0), dtype=torch.float64)
+        self.steps_done = 0
+        self.history: list[dict[str, Any]] = []
+        # Replayable trajectory (one-shot runs only: training between steps changes the weights).
+        self.cache = None
+        self.trajectory: dict[str, torch.Tensor] = {}
+        self.cached_steps_used = 0
+        if model_fp is not None:
+            self.cache = ScoreCache("adapt", model_fp, calib.fingerprint, asdict(settings))
+            loaded = self.cache.load()
+            if loaded is not None:
+                self.trajectory = loaded[0]
+        self._new_steps = False
+
+    # -- one step --------------------------------------------------------------------------------
+    def _scores(self) -> TaylorScores:
+        prefix = f"s{self.steps_done + 1}"
+        cached = TaylorScores.from_tensors(self.trajectory, prefix)
+        if cached is not None:
+            self.cached_steps_used += 1
+            return cached
+        scores = taylor_scores(self.adapter, self.calib, batch_size=self.batch_size)
+        if self.cache is not None:
+            self.trajectory.update(scores.to_tensors(prefix))
+            self._new_steps = True
+        return scores
+
+    def step_plan(self, sparsity: torch.Tensor, now: Plan) -> Plan:
+        """Widths for per-layer sparsity ``s_l`` (relative to the original widths; never grows a layer)."""
+        cfg = self.settings
+        layers = []
+        for i, cur in enumerate(now.layers):
+            s = float(sparsity[i])
+            kv = max(1, math.ceil(self.kv0[i] * (1 - s) - 1e-9))
+            ch = round_channels(self.m0[i] * (1 - s), cfg.channel_round, self.m0[i], min(cfg.min_channels, self.m0[i]))
+            layers.append(LayerPlan(min(cur.kv_groups, kv), min(cur.channels, ch)))
+        return Plan(layers)
+
+    def prune_to(self, target: int) -> list[dict[str, Any]]:
+        """Adaptive steps until the model has at most ``target`` parameters (see module docstring, 2–5)."""
+        cfg = self.settings
+        steps: list[dict[str, Any]] = []
+        stalled = 0
+        while self.adapter.num_parameters() > target:
+            started = time.perf_counter()
+            scores = self._scores()
+            imp = torch.zeros_like(self.sparsity) if cfg.uniform else normalize_layer_importance(scores.layer_importance)
+            proposed = (self.sparsity + cfg.step_fraction - cfg.amplitude * imp).clamp(0.0, cfg.max_sparsity)
+            now = current_plan(self.adapter)
+            costs = Costs.of(self.adapter)
+            plan = self.step_plan(proposed, now)
+            used = proposed
+            if costs.params_after(now, plan) < target:
+                # Scale this last step down: the smallest fraction f of it that reaches the target.
+                lo, hi = 0.0, 1.0
+                for _ in range(40):
+                    mid = (lo + hi) / 2
+                    trial = self.sparsity + mid * (proposed - self.sparsity)
+                    if costs.params_after(now, self.step_plan(trial, now)) > target:
+                        lo = mid
+                    else:
+                        hi = mid
+                used = self.sparsity + hi * (proposed - self.sparsity)
+                plan = self.step_plan(used, now)
+            before = costs.total
+            apply_plan(self.adapter, plan, scores.kv_groups, scores.channels)
+            self.sparsity = used
+            self.steps_done += 1
+            after = self.adapter.num_parameters()
+            stalled = stalled + 1 if after >= before else 0
+            row = {
+                "step": self.steps_done,
+                "params": after,
+                "calibration_loss": round(scores.loss, 5),
+                "mean_sparsity": round(float(self.sparsity.mean()), 5),
+                "layer_importance": [round(float(v), 4) for v in imp],
+                "kv_groups": [p.kv_groups for p in current_plan(self.adapter).layers],
+                "channels": [p.channels for p in current_plan(self.adapter).layers],
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            steps.append(row)
+            self.history.append(row)
+            self.log(f"adapt step {self.steps_done}: {fmt_params(after)} params, loss {scores.loss:.3f}, mean sparsity {row['mean_sparsity']:.3f}")
+            if stalled >= int(2 / cfg.step_fraction) + 2:
+                raise LifecycleError(
+                    f"Adapt-Pruner cannot go below {fmt_params(after)} parameters (every layer is at its minimum width); "
+                    f"target {fmt_params(target)} is out of reach"
+                )
+        return steps
+
+    def save_cache(self) -> None:
+        if self.cache is not None and self._new_steps:
+            self.cache.save(self.trajectory, {"kind": "adapt-trajectory", "steps": self.steps_done,
+                                              "calibration": self.calib.describe(), "settings": asdict(self.settings)})
+
+
+def stage_targets(start: int, target: int, stages: int) -> list[int]:
+    """Adapt-Accel's stage ``k`` target: ``P₀ − (P₀ − P*)·k/N`` (the last one is exactly ``P*``)."""
+    return [int(round(start - (start - target) * k / stages)) for k in range(1, stages + 1)]
+
+
+def stage_step_bounds(total_steps: int, stages: int) -> list[tuple[int, int]]:
+    """[start, end) optimizer steps of each stage; one global counter across stages."""
+    edges = [int(round(total_steps * k / stages)) for k in range(stages + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(stages)]
+
+
+def run_adapt_accel(
+    pruner: AdaptPruner,
+    target: int,
+    stages: int,
+    train_stage: Callable[[int, int, int], dict[str, Any]],
+    total_steps: int,
+) -> list[dict[str, Any]]:
+    """Interleave pruning and training (module docstring, step 6).
+
+    ``train_stage(stage, first_step, last_step)`` trains the model in place for global steps
+    ``[first_step, last_step)``; it is given the global positions so the caller can continue one LR
+    schedule and take the stage's own slice of the data.
+    """
+    if stages < 1:
+        raise LifecycleError(f"stages must be at least 1, got {stages}")
+    start = pruner.adapter.num_parameters()
+    report = []
+    for k, (stage_target, (first, last)) in enumerate(zip(stage_targets(start, target, stages), stage_step_bounds(total_steps, stages)), 1):
+        t0 = time.perf_counter()
+        steps = pruner.prune_to(stage_target)
+        prune_seconds = time.perf_counter() - t0
+        trained = train_stage(k, first, last) if last > first else {}
+        report.append({
+            "stage": k,
+            "target": stage_target,
+            "params": pruner.adapter.num_parameters(),
+            "prune_steps": len(steps),
+            "prune_seconds": round(prune_seconds, 2),
+            "train_steps": [first, last],
+            **trained,
+        })
+    return report
