@@ -3,7 +3,7 @@
 Usage (from the repository root; reads the shared corpora, fully offline, 2 CPU cores)::
 
     nice -n 10 python bench/grow.py            # full: numbers in docs/grow.md
-    python bench/grow.py --quick               # a few minutes; tests/test_grow.py (slow) runs it
+    python bench/grow.py --quick               # part 1 only, no ladder (~4 min); tests/test_grow.py (slow) runs it
 
 Part 1, G_stack (Du et al. 2024) vs training the same target from scratch, with the same total token
 budget T on the same data stream (same seed, so the same blocks in the same order):
@@ -68,8 +68,8 @@ SETTINGS = {
     "quick": dict(
         data="shakespeare+wikitext", tokenizer="bpe:2048", block=128, micro_batch=8,
         width=dict(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2),
-        target_layers=8, g=4, tokens=100_000, growth_fraction=0.25, lr=2e-3, warmup=10,
-        seeds=[0, 1, 2], ladder=[], eval_blocks=128, evals=4,
+        target_layers=8, g=4, tokens=200_000, growth_fraction=0.25, lr=2e-3, warmup=20,
+        seeds=[0, 1, 2], ladder=[], eval_blocks=128, evals=8,
         layerwise=None,
     ),
     # code-path check only (seconds): tiny budget, every part of the full run
@@ -342,7 +342,7 @@ def plot(out: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the short CI variant (G_stack vs scratch only, half the tokens)")
+    parser.add_argument("--quick", action="store_true", help="the CI variant: G_stack vs scratch at equal tokens only (no ratio ladder, no layer-wise part)")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/grow[_quick].json)")

@@ -421,8 +421,8 @@ def test_recipes_validate(recipe):
 
 @pytest.mark.slow
 def test_gstack_beats_scratch_at_equal_tokens_by_more_than_seed_noise(tmp_path):
-    """bench/grow.py --quick: 3 seeds per arm, 8-layer target, ~100k tokens each (about 2 minutes
-    on 2 idle cores; far longer on a busy machine).
+    """bench/grow.py --quick: 3 seeds per arm, 8-layer target, 200k tokens each (about 4 minutes on
+    2 idle cores; far longer on a busy machine). The runs are deterministic (1 thread, fixed seeds).
 
     Seed noise is the standard deviation σ of one run's final held-out loss over the 3 seeds (init
     and data order change with the seed), pooled over both arms. The margin is two standard errors

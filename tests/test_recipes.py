@@ -101,3 +101,12 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "base" in out and "more" in out and "M" in out  # a parameter count like 0.15M
     assert not (tmp_path / "runs").exists()
+
+
+def test_step_built_from_a_config_takes_no_previous_model(tmp_path):
+    text = CHAIN.format(out=tmp_path / "runs") + (
+        "  - {name: fresh, command: train, config: micro, data: shakespeare, block_size: 32,"
+        " max_train_tokens: 20000, train: {steps: 1}}\n"
+    )
+    _, steps, _ = plan_recipe(_write(tmp_path, text))
+    assert steps[-1].model_ref is None

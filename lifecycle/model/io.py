@@ -208,6 +208,8 @@ def save_checkpoint(
             write_extra(tmp)
         if verify:
             verify_reload(model, tmp, atol=atol)
+        for written in tmp.rglob("*"):  # temp-file helpers create 0600 files; checkpoints are shareable
+            written.chmod(0o755 if written.is_dir() else 0o644)
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")

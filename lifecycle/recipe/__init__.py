@@ -179,8 +179,8 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
 
 
 def _takes_no_model(cmd, step: dict) -> bool:
-    """train from a config has no input model."""
-    return cmd.name == "train" and step.get("config") is not None
+    """A step that builds its model from a config (train, grow --config) has no input model."""
+    return "config" in cmd.options.model_fields and step.get("config") is not None
 
 
 def _model_identity(spec: str) -> str:
