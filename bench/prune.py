@@ -108,11 +108,12 @@ def score_lm_eval(model, tokenizer, limit: int, wikitext_docs: int, batch_size: 
 
     started = time.perf_counter()
     out: dict[str, Any] = {}
-    report = evaluate(model, tokenizer, list(ACC_TASKS), limit=limit, batch_size=batch_size, max_length=1024)
+    report = evaluate(model, tokenizer, list(ACC_TASKS), limit=limit or None, batch_size=batch_size, max_length=1024)
     out.update(report.scores)
     out["n_samples"] = report.settings.get("n_samples")
-    if wikitext_docs > 0:
-        wiki = evaluate(model, tokenizer, ["wikitext"], limit=wikitext_docs, batch_size=batch_size, max_length=1024)
+    if wikitext_docs != 0:  # -1: all 62 articles
+        wiki = evaluate(model, tokenizer, ["wikitext"], limit=wikitext_docs if wikitext_docs > 0 else None,
+                        batch_size=batch_size, max_length=1024)
         out.update(wiki.scores)
         out.setdefault("n_samples", {}).update(wiki.settings.get("n_samples") or {})
     out["eval_seconds"] = round(time.perf_counter() - started, 1)
@@ -331,8 +332,8 @@ def main() -> None:
     p.add_argument("--recovery-lr", type=float, default=2e-4)
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--block-size", type=int, default=128)
-    p.add_argument("--eval-limit", type=int, default=200)
-    p.add_argument("--wikitext-docs", type=int, default=2)
+    p.add_argument("--eval-limit", type=int, default=200, help="items per accuracy task; 0 = all")
+    p.add_argument("--wikitext-docs", type=int, default=2, help="WikiText-2 articles; 0 = skip, -1 = all 62")
     p.add_argument("--eval-batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core CPU)")
