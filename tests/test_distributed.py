@@ -58,7 +58,15 @@ def _worker(mode: str, args: dict) -> None:
     from lifecycle.model.io import save_checkpoint
     from lifecycle.train.engine import TrainConfig, train
 
-    data = _load_data(args["data"])
+    if mode == "train_supervised":
+        from transformers import AutoTokenizer
+
+        from lifecycle.data import load_supervised
+
+        tokenizer = AutoTokenizer.from_pretrained(args["tokenizer"])
+        data = load_supervised(args["data"], tokenizer, 48, pad_to="max_length", use_cache=False)
+    else:
+        data = _load_data(args["data"])
     model = make_tiny_model(args["vocab"], seed=args.get("model_seed", 0))
     cfg = TrainConfig(**args["cfg"])
     result = train(
@@ -155,6 +163,38 @@ def _no_leftovers(folder: Path) -> None:
     """No temp or trash folders from an interrupted or doubled write anywhere under ``folder``."""
     stray = [p for p in folder.rglob("*") if ".tmp" in p.name or ".old-" in p.name]
     assert not stray, stray
+
+
+def test_supervised_two_processes_match_one_process(tmp_path, tiny_tokenizer):
+    """The prompt/completion path keeps the multi-process guarantee: 2 ranks == 1 rank with accumulation."""
+    from lifecycle.data import load_supervised
+    from lifecycle.train.engine import TrainConfig, train
+
+    from conftest import make_tiny_model
+
+    rows = [{"prompt": f"Question {i}: what follows {i}?", "completion": f"{i + 1} it is"} for i in range(40)]
+    data_file = tmp_path / "qa.jsonl"
+    data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    base = dict(steps=4, lr=3e-3, warmup_steps=1, micro_batch_size=2, eval_every=0, log_every=1)
+    env = _child_env(tmp_path, ACCELERATE_USE_CPU="1")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    two = _spawn_worker(
+        tmp_path, "train_supervised",
+        dict(data=str(data_file), tokenizer=str(tmp_path / "tok"), vocab=len(tiny_tokenizer), cfg=dict(base, grad_accum=1),
+             run_dir=str(tmp_path / "two" / "run"), output=str(tmp_path / "two" / "out"), summary=str(tmp_path / "two.json")),
+        env, launcher,
+    )
+    data = load_supervised(data_file, tiny_tokenizer, 48, pad_to="max_length", use_cache=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = train(make_tiny_model(len(tiny_tokenizer)), data, TrainConfig(**base, grad_accum=2), tmp_path / "one",
+                    progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert two["world"] == 2
+    assert two["losses"] == pytest.approx([r["train_loss"] for r in one.history], abs=1e-4)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -9,14 +9,24 @@ A *data spec* is one string:
   ``text`` column unless ``#column`` is appended: ``data.jsonl#content``);
 - ``hf:NAME[:CONFIG][@SPLIT]`` for a Hugging Face dataset (needs the network or a local cache).
 
-Several specs may be combined with ``+`` (``shakespeare+wikitext``).
+Several specs may be combined with ``+`` (``shakespeare+wikitext``): their documents are
+concatenated. Each part may end in ``:<weight>`` (``shakespeare:0.3+wikitext:0.7``): then
+:func:`lifecycle.data.packing.pack` keeps the parts apart (no block straddles two parts, each part
+holds out its own validation tail) and the epoch order draws each part's share of the training
+blocks by weight, up- or down-sampling as needed. Weights are positive numbers, given on every part
+or on none; only a *trailing* ``:<number>`` is a weight (``hf:NAME:CONFIG`` keeps its colons; a file
+whose own name ends in ``:<number>`` is read as that file). Without weights nothing changes: the
+documents, blocks and cache keys are those of the plain ``+`` concatenation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +37,36 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ".tokens", ".py", ".c", ".h", ".jsonl",
 
 
 @dataclass(frozen=True)
+class CorpusPart:
+    """One ``+`` part of a data spec: its ``train_docs`` documents follow the previous part's in
+    :attr:`Corpus.train`; ``validation`` is the part's own held-out set, if it has one."""
+
+    name: str
+    train_docs: int
+    validation: tuple[str, ...] | None = None
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
 class Corpus:
-    """Documents for training and, where the source has one, a dedicated held-out set."""
+    """Documents for training and, where the source has one, a dedicated held-out set.
+
+    ``parts`` records which documents came from which ``+`` part of the spec (empty for a corpus
+    built by hand); it is not part of :meth:`fingerprint`, which hashes the text only.
+    """
 
     name: str
     train: list[str]
     validation: list[str] | None = None
+    parts: tuple[CorpusPart, ...] = ()
+
+    @property
+    def weights(self) -> tuple[float, ...] | None:
+        """Each part's share of the training samples (summing to 1), or None for a plain corpus."""
+        if not self.parts or any(p.weight is None for p in self.parts):
+            return None
+        total = sum(p.weight for p in self.parts)  # type: ignore[misc]
+        return tuple(p.weight / total for p in self.parts)  # type: ignore[operator]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -43,21 +77,58 @@ class Corpus:
         return h.hexdigest()[:20]
 
 
+def decode_utf8(data: bytes, path: Path | str) -> str:
+    """``data`` as text; a non-UTF-8 byte is a one-line error naming the file, byte offset and line."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LifecycleError(
+            f"{path} is not UTF-8 text: byte {exc.start} (line {line}) is 0x{data[exc.start]:02x}; re-encode it as UTF-8"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def iter_jsonl(path: Path, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, row)`` for each non-blank line of a JSONL file; every row must be a JSON object.
+
+    Invalid JSON, a row that is not an object and non-UTF-8 bytes are one-line errors naming the file
+    and line. ``data`` is the file's bytes when the caller already read them.
+    """
+    text = decode_utf8(path.read_bytes() if data is None else data, path)
+    # Split on \n only: str.splitlines would also split on U+2028 and friends, legal inside JSON strings.
+    for line_no, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LifecycleError(f"{path}:{line_no} is not valid JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(row, dict):
+            raise LifecycleError(f"{path}:{line_no} is a JSON {_json_kind(row)}, not an object with named fields")
+        yield line_no, row
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
 def _read_text_file(path: Path, column: str) -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise LifecycleError(f"{path}:{line_no} is not valid JSON") from None
-                if column not in row:
-                    raise LifecycleError(f"{path}:{line_no} has no '{column}' field (use {path}#FIELD)")
-                docs.append(str(row[column]))
+        for line_no, row in iter_jsonl(path):
+            if column not in row:
+                raise LifecycleError(f"{path}:{line_no} has no '{column}' field (use {path}#FIELD)")
+            docs.append(str(row[column]))
         return docs
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -132,15 +203,49 @@ def _load_hf(spec: str) -> list[str]:
     return [str(x) for x in ds[column]]
 
 
-def load_corpus(spec: str) -> Corpus:
-    """Read a data spec into documents; empty sources are an error, not an empty dataset."""
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def _split_weight(part: str) -> tuple[str, float | None]:
+    """``name:0.3`` -> (``name``, 0.3); a part without a trailing ``:<number>`` has no weight."""
+    head, sep, tail = part.rpartition(":")
+    if not sep or not head.strip() or not _NUMBER.fullmatch(tail.strip()):
+        return part, None
+    if part in BUILTIN_CORPORA or Path(part).expanduser().exists():
+        return part, None  # a file whose own name ends in ':<number>'
+    weight = float(tail)
+    if not math.isfinite(weight) or weight <= 0:
+        raise LifecycleError(f"data spec part '{part}': the weight must be a positive number, got {tail.strip()}")
+    return head.strip(), weight
+
+
+def parse_data_spec(spec: str) -> list[tuple[str, float | None]]:
+    """The ``+`` parts of a data spec with their weights (all None when the spec has none)."""
     if not spec or not str(spec).strip():
         raise LifecycleError("no data given")
+    parts: list[tuple[str, float | None]] = []
+    for raw in str(spec).split("+"):
+        raw = raw.strip()
+        if not raw:
+            raise LifecycleError(f"data spec '{spec}' has an empty part")
+        parts.append(_split_weight(raw))
+    weighted = [w is not None for _, w in parts]
+    if any(weighted) and not all(weighted):
+        missing = ", ".join(name for name, w in parts if w is None)
+        raise LifecycleError(
+            f"data spec '{spec}' weights some parts but not {missing}: give every part a weight or none "
+            "(e.g. shakespeare:0.3+wikitext:0.7)"
+        )
+    return parts
+
+
+def load_corpus(spec: str) -> Corpus:
+    """Read a data spec into documents; empty sources are an error, not an empty dataset."""
     train: list[str] = []
     validation: list[str] = []
     has_validation = True
-    for part in str(spec).split("+"):
-        part = part.strip()
+    parts: list[CorpusPart] = []
+    for part, weight in parse_data_spec(spec):
         if part in BUILTIN_CORPORA:
             docs, valid = BUILTIN_CORPORA[part]()
         elif part.startswith("hf:"):
@@ -152,11 +257,20 @@ def load_corpus(spec: str) -> Corpus:
                 known = ", ".join(BUILTIN_CORPORA)
                 raise LifecycleError(f"data not found: {part} (not a file, folder, hf: dataset or built-in corpus: {known})")
             docs, valid = _read_path(path, column or "text"), None
-        train.extend(d for d in docs if d.strip())
+        kept = [d for d in docs if d.strip()]
+        if weight is not None and not kept:
+            raise LifecycleError(f"data part {part} of '{spec}' is empty")
+        train.extend(kept)
+        parts.append(CorpusPart(part, len(kept), tuple(valid) if valid else None, weight))
         if valid:
             validation.extend(valid)
         else:
             has_validation = False
     if not train:
         raise LifecycleError(f"data {spec} is empty")
-    return Corpus(name=str(spec), train=train, validation=validation if has_validation and validation else None)
+    return Corpus(
+        name=str(spec),
+        train=train,
+        validation=validation if has_validation and validation else None,
+        parts=tuple(parts),
+    )

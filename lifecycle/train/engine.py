@@ -23,18 +23,20 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from lifecycle.data.packing import PackedData, epoch_order
+from lifecycle.data.packing import epoch_order
 from lifecycle.errors import LifecycleError
+from lifecycle.train.hooks import TrainHooks, _call_after_backward, _split_state, causal_lm_loss, place_auxiliary
+from lifecycle.train.plots import plot_loss_curve
+from lifecycle.train.runtime import gather_plain_model, make_accelerator, rng_state, set_rng_state
 
 
 class TrainConfig(BaseModel):
@@ -90,25 +92,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @dataclass
-class TrainHooks:
-    """Ways a method changes training without writing its own loop.
-
-    - ``extra_loss(model, batch, outputs) -> Tensor | None``: added to the LM loss (distillation,
-      regularisers).
-    - ``after_backward(model)``: gradients are complete and unclipped (projection, masking). Not
-      available under DeepSpeed, which steps inside backward.
-    - ``after_step(model, step)``: after the optimizer step (re-masking pruned weights, quantizing).
-    - ``trainable_parameters(model) -> list``: which parameters the optimizer sees (default: all with
-      ``requires_grad``).
-    """
-
-    extra_loss: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor | None] | None = None
-    after_backward: Callable[[nn.Module], None] | None = None
-    after_step: Callable[[nn.Module, int], None] | None = None
-    trainable_parameters: Callable[[nn.Module], list] | None = None
-
-
-@dataclass
 class TrainResult:
     model: nn.Module  # plain (unwrapped) model with full weights, on CPU, on the main process
     steps: int
@@ -120,51 +103,7 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def make_accelerator(cfg: TrainConfig, deepspeed_config: str | dict | None = None, logging_dir: str | Path | None = None):
-    """An Accelerator for this run; DeepSpeed when a ZeRO config is given; trackers from ``report_to``."""
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, DistributedType
-
-    kwargs: dict[str, Any] = {
-        "gradient_accumulation_steps": cfg.grad_accum,
-        "mixed_precision": "bf16" if cfg.precision == "bf16" else "no",
-    }
-    if cfg.report_to:
-        kwargs["log_with"] = list(cfg.report_to)
-        kwargs["project_dir"] = str(logging_dir or "runs/logs")
-    if deepspeed_config is not None:
-        ds = deepspeed_config
-        if isinstance(ds, (str, Path)):
-            ds = json.loads(Path(ds).read_text())
-        ds = dict(ds)
-        ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-        ds["gradient_accumulation_steps"] = cfg.grad_accum
-        ds["gradient_clipping"] = cfg.grad_clip
-        ds.pop("train_batch_size", None)
-        ds.setdefault("bf16", {})["enabled"] = cfg.precision == "bf16"
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
-        if "LOCAL_RANK" not in os.environ and "RANK" not in os.environ:
-            # Not started by a launcher: one process still needs the rendezvous variables, or
-            # DeepSpeed tries MPI discovery and Accelerate never creates the process group.
-            import socket
-
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                               ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
-                os.environ.setdefault(key, value)
-    accelerator = Accelerator(**kwargs)
-    if deepspeed_config is not None and accelerator.distributed_type != DistributedType.DEEPSPEED:
-        raise LifecycleError(
-            f"a DeepSpeed config was given but Accelerate set up {accelerator.distributed_type.value} instead "
-            "(ACCELERATE_USE_CPU, which multi-process CPU runs need, turns DeepSpeed off): "
-            "drop the DeepSpeed config, or run one process"
-        )
-    return accelerator
-
-
-def _run_fingerprint(model: nn.Module, data: PackedData, cfg: TrainConfig, world: int) -> str:
+def _run_fingerprint(model: nn.Module, data: Any, cfg: TrainConfig, world: int) -> str:
     from lifecycle.model.card import options_hash
 
     return options_hash(
@@ -185,41 +124,22 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _rng_state() -> dict:
-    import numpy as np
-
-    py = random.getstate()
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python_version": py[0],
-        "python_state": torch.tensor(py[1], dtype=torch.int64),
-        "numpy_keys": torch.from_numpy(np_state[1].astype("int64")),
-        "numpy_pos": np_state[2],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    import numpy as np
-
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()), None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype("uint32"), int(state["numpy_pos"]), 0, 0.0))
-
-
-def _held_out_loss(model: nn.Module, data: PackedData, cfg: TrainConfig, device) -> float | None:
-    if data.validation.shape[0] == 0:
+def _held_out_loss(model: nn.Module, data: Any, cfg: TrainConfig, device) -> float | None:
+    """Mean next-token loss over the first ``eval_blocks`` held-out examples, weighted by loss tokens."""
+    count_examples = min(data.num_validation, cfg.eval_blocks)
+    if count_examples == 0:
         return None
     was_training = model.training
     model.eval()
-    blocks = data.validation[: cfg.eval_blocks]
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, blocks.shape[0], cfg.micro_batch_size):
-            batch = blocks[start:start + cfg.micro_batch_size].to(device)
-            out = model(input_ids=batch, labels=batch)
-            total += out.loss.float().item() * batch.shape[0]
-            count += batch.shape[0]
+        for start in range(0, count_examples, cfg.micro_batch_size):
+            idx = torch.arange(start, min(start + cfg.micro_batch_size, count_examples))
+            batch = {k: v.to(device) for k, v in data.validation_batch(idx).items()}
+            out = model(**batch)
+            tokens = int((batch["labels"][:, 1:] != -100).sum())
+            total += out.loss.float().item() * tokens
+            count += tokens
     model.train(was_training)
     return total / max(count, 1)
 
@@ -239,7 +159,7 @@ class _MetricsLog:
 
 def train(
     model: nn.Module,
-    data: PackedData,
+    data: Any,
     cfg: TrainConfig,
     run_dir: str | Path,
     *,
@@ -250,7 +170,12 @@ def train(
     description: str = "training",
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` for ``cfg.steps`` optimizer steps; see the module docstring."""
+    """Train ``model`` on ``data`` for ``cfg.steps`` optimizer steps; see the module docstring.
+
+    ``data`` is any training set with the batch protocol of :mod:`lifecycle.data` (packed blocks or
+    prompt/completion examples): ``num_train``, ``num_validation``, ``train_batch(idx)``,
+    ``validation_batch(idx)``, ``epoch_order(seed, epoch)``, ``block_size`` and ``fingerprint``.
+    """
     hooks = hooks or TrainHooks()
     run_dir = Path(run_dir)
     accelerator = accelerator or make_accelerator(cfg, deepspeed_config, logging_dir=run_dir / "logs")
@@ -268,11 +193,15 @@ def train(
     fingerprint = _run_fingerprint(model, data, cfg, world)
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
     tokens_per_step = global_batch * data.block_size
-    num_blocks = data.train.shape[0]
+    num_blocks = data.num_train
     skip_blocks = cfg.skip_tokens // data.block_size
 
+    if hooks.prepare_model is not None:
+        model = hooks.prepare_model(model)
+    place_auxiliary(hooks.auxiliary_models, accelerator.device)
+
     # Resume: weights go into the plain model before prepare(); optimizer/RNG after.
-    start_step, ckpt, history = 0, None, []
+    start_step, ckpt, history, hook_state = 0, None, [], None
     if resume:
         ckpt = _latest_checkpoint(run_dir)
         if ckpt is not None:
@@ -288,6 +217,12 @@ def train(
                 load_model(model, str(ckpt / "model.safetensors"), strict=True)
             start_step = state["step"]
             history = state.get("history", [])
+            if hooks.load_state_dict is not None:
+                hook_state = dict(state.get("hooks") or {})
+                if (ckpt / "hooks.safetensors").is_file():
+                    from safetensors.torch import load_file
+
+                    hook_state.update(load_file(str(ckpt / "hooks.safetensors")))
 
     if hooks.trainable_parameters is not None:
         params = hooks.trainable_parameters(model)
@@ -313,7 +248,9 @@ def train(
             optimizer.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
         if rng_file.is_file():
-            _set_rng_state(torch.load(rng_file, weights_only=True))
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        if hook_state is not None:
+            hooks.load_state_dict(hook_state)
 
     trackers = bool(cfg.report_to) and is_main
     if cfg.report_to:
@@ -339,10 +276,18 @@ def train(
 
                 save_model(accelerator.unwrap_model(prepared_model), str(tmp / "model.safetensors"))
                 torch.save(optimizer.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        hook_json: dict = {}
+        if hooks.state_dict is not None and is_main:
+            from safetensors.torch import save_file
+
+            tensors, hook_json = _split_state(hooks.state_dict())
+            if tensors:
+                save_file(tensors, str(tmp / "hooks.safetensors"))
         accelerator.wait_for_everyone()
         if is_main:
-            state = {"step": step, "tokens_seen": step * tokens_per_step, "fingerprint": fingerprint, "history": history}
+            state = {"step": step, "tokens_seen": step * tokens_per_step, "fingerprint": fingerprint, "history": history,
+                     "hooks": hook_json}
             (tmp / "trainer_state.json").write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -376,7 +321,12 @@ def train(
         if epoch not in orders:
             for old in [e for e in orders if e < epoch - 1]:
                 del orders[old]
-            orders[epoch] = epoch_order(num_blocks, cfg.seed, epoch)
+            if hooks.sampler is not None:
+                orders[epoch] = hooks.sampler(epoch)
+            elif hasattr(data, "epoch_order"):
+                orders[epoch] = data.epoch_order(cfg.seed, epoch)
+            else:
+                orders[epoch] = epoch_order(num_blocks, cfg.seed, epoch)
         return orders[epoch]
 
     started = time.perf_counter()
@@ -398,10 +348,14 @@ def train(
                 # Blocks past this epoch's end come from the next epoch's permutation.
                 wrap = idx >= num_blocks
                 chosen = torch.where(wrap, _order(epoch + 1)[idx % num_blocks], order[idx % num_blocks]) if bool(wrap.any()) else order[idx]
-                batch = data.train[chosen].to(device)
+                batch = {k: v.to(device) for k, v in data.train_batch(chosen).items()}
                 with accelerator.accumulate(prepared_model):
-                    outputs = prepared_model(input_ids=batch, labels=batch)
-                    loss = outputs.loss
+                    if hooks.compute_loss is not None:
+                        outputs = prepared_model(**{k: v for k, v in batch.items() if k != "labels"})
+                        loss = hooks.compute_loss(prepared_model, batch, outputs, chosen, step)
+                    else:
+                        outputs = prepared_model(**batch)
+                        loss = outputs.loss
                     if hooks.extra_loss is not None:
                         extra = hooks.extra_loss(prepared_model, batch, outputs)
                         if extra is not None:
@@ -409,7 +363,7 @@ def train(
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if hooks.after_backward is not None:
-                            hooks.after_backward(accelerator.unwrap_model(prepared_model))
+                            _call_after_backward(hooks.after_backward, accelerator.unwrap_model(prepared_model), step)
                         if cfg.grad_clip > 0:
                             accelerator.clip_grad_norm_(prepared_model.parameters(), cfg.grad_clip)
                     optimizer.step()
@@ -456,7 +410,9 @@ def train(
     if cfg.report_to:
         accelerator.end_training()
 
-    final_model = _gather_plain_model(accelerator, prepared_model, model, using_deepspeed)
+    final_model = gather_plain_model(accelerator, prepared_model, model, using_deepspeed)
+    if hooks.export_model is not None:
+        final_model = hooks.export_model(final_model)
     return TrainResult(
         model=final_model,
         steps=cfg.steps,
@@ -469,52 +425,4 @@ def train(
     )
 
 
-def _gather_plain_model(accelerator, prepared_model, original: nn.Module, using_deepspeed: bool) -> nn.Module:
-    """Full weights in a plain module: under ZeRO-3 every rank joins the gather, the main one keeps it."""
-    if not using_deepspeed:
-        model = accelerator.unwrap_model(prepared_model)
-        model.eval()
-        return model
-    state_dict = accelerator.get_state_dict(prepared_model)  # collective under ZeRO-3
-    # Training is over. While a ZeRO-3 config is registered with transformers, every model it builds
-    # or loads (this plain copy, the caller's save-and-reload check) comes out partitioned and empty.
-    from transformers import AutoModelForCausalLM
-    from transformers.integrations import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
-    model = AutoModelForCausalLM.from_config(original.config, dtype=torch.float32)
-    if accelerator.is_main_process:
-        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=False)
-        bad = [k for k in missing if "lm_head" not in k] + list(unexpected)
-        if bad:
-            raise LifecycleError(f"DeepSpeed returned incomplete weights ({len(bad)} tensors missing)")
-        if getattr(model.config, "tie_word_embeddings", False):
-            model.tie_weights()
-    model.eval()
-    return model
-
-
-def plot_loss_curve(history: list[dict], path: str | Path, title: str = "loss") -> Path | None:
-    """Train and held-out loss against tokens, as a PNG."""
-    if not history:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    tokens = [r["tokens"] for r in history]
-    ax.plot(tokens, [r["train_loss"] for r in history], label="train", alpha=0.7)
-    val = [(r["tokens"], r["val_loss"]) for r in history if r.get("val_loss") is not None]
-    if val:
-        ax.plot(*zip(*val), marker="o", label="held-out")
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "causal_lm_loss", "lr_at", "make_accelerator", "plot_loss_curve", "train"]
