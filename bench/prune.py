@@ -144,7 +144,7 @@ def summary_row(scores: dict[str, Any]) -> dict[str, Any]:
 # -- part 1: SmolLM2-135M --------------------------------------------------------------------------
 
 def run_smollm2(args, results: Results) -> None:
-    from lifecycle.commands.prune import PruneOptions, prune_model
+    from lifecycle.methods.prune.pipeline import PruneOptions, prune_model
     from lifecycle.data import pack
     from lifecycle.model.adapter import adapter_for
     from lifecycle.model.io import LoadedModel, load_model
@@ -262,7 +262,7 @@ def tiny_base(args) -> Path:
 
 
 def run_tiny(args, results: Results) -> None:
-    from lifecycle.commands.prune import PruneOptions, prune_model
+    from lifecycle.methods.prune.pipeline import PruneOptions, prune_model
     from lifecycle.data import pack
     from lifecycle.model.io import load_model
 

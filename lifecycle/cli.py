@@ -10,24 +10,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
-
-# Offline-first: huggingface_hub reads these at import time, so set them before anything imports it.
-# A user who is online and wants Hub downloads sets HF_HUB_OFFLINE=0 explicitly.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-if not sys.stderr.isatty():
-    # lm-eval and datasets draw tqdm bars; in a log file they are a wall of carriage returns.
-    os.environ.setdefault("TQDM_DISABLE", "1")
+from typing import Optional
 
 import typer
-import yaml
 from rich.console import Console
 
 from lifecycle.errors import LifecycleError
+from lifecycle.options import parse_overrides  # noqa: F401  (re-exported: older code imports it from here)
 
 app = typer.Typer(
     name="lifecycle",
@@ -41,87 +30,16 @@ console = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays on o
 OVERRIDES_HELP = "Option overrides as key=value, dotted for nested options (train.steps=100 eval.tasks=arc_easy); `lifecycle options COMMAND` lists them all."
 
 
-def set_dotted(target: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = target.get(part)
-        if not isinstance(node, dict):
-            node = {}
-            target[part] = node
-        target = node
-    target[parts[-1]] = value
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["train.steps=10", "data=wikitext"]`` → nested dict; values parsed as YAML scalars/lists."""
-    result: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise LifecycleError(f"override '{item}' is not key=value")
-        key, raw = item.split("=", 1)
-        if not key:
-            raise LifecycleError(f"override '{item}' has no key")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
-            value = raw
-        if isinstance(value, str):
-            value = _number_or_text(value)
-        set_dotted(result, key.strip(), value)
-    return result
-
-
-def _number_or_text(text: str) -> Any:
-    """YAML 1.1 reads ``3e-3`` as text; users mean a number."""
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        return text
-
-
-def deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def validation_error_line(exc, where: str) -> str:
-    """One line from a pydantic ValidationError: the first problem, with its field path."""
-    # A misspelt key also makes its real name "missing"; the misspelling is the useful message.
-    errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
-    first = errors[0]
-    loc = ".".join(str(p) for p in first.get("loc", ())) or "(options)"
-    msg = first.get("msg", "invalid")
-    if first.get("type") == "extra_forbidden":
-        msg = "unknown option"
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where}: {loc}: {msg}{more}"
-
-
 def build_options(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None):
-    from pydantic import ValidationError
-
+    """Flags, then ``--options FILE``, then ``key=value`` overrides, validated by the command's model."""
     from lifecycle.commands import load_all
+    from lifecycle.options import build_options as validate, deep_merge, read_options_file
 
     cmd = load_all()[command]
-    values: dict = {}
-    if options_file is not None:
-        if not options_file.is_file():
-            raise LifecycleError(f"options file not found: {options_file}")
-        loaded = yaml.safe_load(options_file.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise LifecycleError(f"options file {options_file} must hold a mapping of options")
-        values = loaded
+    values: dict = read_options_file(options_file) if options_file is not None else {}
     values = deep_merge(values, {k: v for k, v in flags.items() if v is not None})
     values = deep_merge(values, parse_overrides(overrides))
-    try:
-        return cmd, cmd.options.model_validate(values)
-    except ValidationError as exc:
-        raise LifecycleError(validation_error_line(exc, command)) from None
+    return cmd, validate(command, values)
 
 
 def run_command(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None) -> Path:
@@ -254,6 +172,7 @@ def eval_(
     limit: Optional[float] = typer.Option(None, help="Items per task (an integer) or a fraction."),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation batch size."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write results JSON here."),
+    include_path: Optional[Path] = typer.Option(None, "--include-path", help="Folder of your own lm-eval task YAMLs (as lm-eval's --include_path)."),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -261,7 +180,7 @@ def eval_(
     if limit is not None and float(limit).is_integer() and limit >= 1:
         limit = int(limit)
     flags = {"model": model, "tasks": tasks, "limit": limit, "batch_size": batch_size,
-             "output": str(output) if output else None}
+             "output": str(output) if output else None, "include_path": str(include_path) if include_path else None}
     run_command("eval", flags, overrides or [], options)
 
 
@@ -293,56 +212,47 @@ def push(
                          "commit_message": commit_message, "revision": revision, "create_pr": create_pr or None}, [])
 
 
-def options_yaml(model_cls, indent: int = 0) -> list[str]:
-    """The options model as commented YAML: every field, its default and its description."""
-    from pydantic import BaseModel
-    from pydantic_core import PydanticUndefined
-
-    lines: list[str] = []
-    pad = "  " * indent
-    for name, field in model_cls.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            lines.append(f"{pad}{name}:" + (f"  # {field.description}" if field.description else ""))
-            lines.extend(options_yaml(annotation, indent + 1))
-            continue
-        if field.default is not PydanticUndefined:
-            default = field.default
-        elif field.default_factory is not None:
-            default = field.default_factory()
-        else:
-            default = None
-        value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-        required = " (required)" if field.is_required() else ""
-        comment = f"  # {field.description}{required}" if field.description or required else ""
-        lines.append(f"{pad}{name}: {value}{comment}")
-    return lines
-
-
 @app.command(name="options")
 def show_options(command: str = typer.Argument(..., help="A command name, e.g. train.")) -> None:
     """Print every option of a command with its default, as YAML usable with --options."""
     from lifecycle.commands import load_all
 
+    from lifecycle.methods.registry import methods_for
+    from lifecycle.options import options_yaml
+
     commands = load_all()
     if command not in commands:
         raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted(commands))})")
-    print("\n".join(options_yaml(commands[command].options)))
+    options_cls = commands[command].options
+    lines = options_yaml(options_cls)
+    method_command = getattr(options_cls, "method_command", "")
+    for method in methods_for(method_command).values() if method_command else []:
+        if method.options is not None:
+            lines.append(f"{method.name}:  # options of method {method.name} only ({method.paper})")
+            lines.extend(options_yaml(method.options, indent=1))
+    print("\n".join(lines))
 
 
 @app.command(name="ls")
 def list_commands() -> None:
-    """List the registered commands and methods."""
+    """List the registered commands, their methods and the papers behind them."""
     from rich.table import Table
 
     from lifecycle.commands import load_all
+    from lifecycle.methods.registry import methods_for
 
-    table = Table(title="lifecycle commands")
+    table = Table(title="lifecycle commands and methods")
     table.add_column("command")
+    table.add_column("method")
+    table.add_column("paper")
     table.add_column("what it does")
-    for name, cmd in sorted(load_all().items()):
-        table.add_row(name, cmd.help)
-    Console().print(table)
+    for name, cmd in load_all().items():
+        methods = methods_for(getattr(cmd.options, "method_command", "") or name)
+        table.add_row(name, "", "", cmd.help, style="bold")
+        for method in methods.values():
+            label = method.name + (" (experimental)" if method.experimental else "")
+            table.add_row("", label, method.paper, method.summary)
+    Console(soft_wrap=True).print(table)
 
 
 def _done(out: Path) -> None:
@@ -369,8 +279,25 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def set_environment_defaults() -> None:
+    """Offline-first defaults for the command line (a library import changes no environment).
+
+    huggingface_hub reads these at import time, so they are set before anything imports it. A user
+    who is online and wants Hub downloads sets HF_HUB_OFFLINE=0 explicitly.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not sys.stderr.isatty():
+        # lm-eval and datasets draw tqdm bars; in a log file they are a wall of carriage returns.
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def main() -> None:
     """Console entry point: one-line errors, non-zero exit, no tracebacks for user errors."""
+    set_environment_defaults()
     _quiet_libraries()
     try:
         app(standalone_mode=False)

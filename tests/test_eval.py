@@ -220,3 +220,38 @@ def test_smollm2_arc_easy_is_above_chance():
     acc = report.scores["arc_easy"]["acc"]
     # 4 choices (chance 0.25); the first 100 items give 0.46 (shared/data/README.md)
     assert 0.3 <= acc <= 0.8, acc
+
+
+def _user_task(folder):
+    """A user's own lm-eval task: a YAML and its data in one folder, as lm-eval's --include_path takes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": f"Is {i} even?", "label": int(i % 2 == 0)} for i in range(6)]
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "parity.yaml").write_text(
+        "task: my_parity\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {folder / 'items.jsonl'}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}} Answer:"\ndoc_to_choice: ["no", "yes"]\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return folder
+
+
+def test_include_path_runs_the_users_tasks_next_to_ours(tiny_model, tiny_tokenizer, tmp_path):
+    tasks = _user_task(tmp_path / "my_tasks")
+    assert harness.user_task_names(tasks) == ["my_parity"]
+    with pytest.raises(LifecycleError, match="unknown task my_parity"):
+        harness.check_task_names(["my_parity"])
+    report = harness.evaluate(tiny_model, tiny_tokenizer, ["my_parity", "copa"], limit=4, include_path=tasks,
+                              bootstrap_iters=0)
+    assert set(report.scores) == {"my_parity", "copa"} and 0 <= report.scores["my_parity"]["acc"] <= 1
+    assert report.settings["include_path"] == str(tasks.resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LifecycleError, match="defines no lm-eval task"):
+        harness.user_task_names(tmp_path / "empty")
+
+
+def test_cli_eval_include_path(tiny_checkpoint, cli_runner, tmp_path):
+    tasks = _user_task(tmp_path / "my_tasks")
+    code, out = cli_runner("eval", "--model", str(tiny_checkpoint), "--tasks", "my_parity", "--limit", "3",
+                           "--include-path", str(tasks), "-o", str(tmp_path / "r.json"))
+    assert code == 0, out
+    assert "my_parity" in json.loads((tmp_path / "r.json").read_text())["scores"]

@@ -110,3 +110,66 @@ def test_step_built_from_a_config_takes_no_previous_model(tmp_path):
     )
     _, steps, _ = plan_recipe(_write(tmp_path, text))
     assert steps[-1].model_ref is None
+
+
+@pytest.fixture
+def stub_commands():
+    """Two in-memory commands: one that makes a 'model' folder, one that takes several (like merge)."""
+    from pydantic import Field
+
+    from lifecycle.commands import COMMANDS, load_all, register
+    from lifecycle.options import CommandOptions
+
+    load_all()
+    calls: list[list[str]] = []
+
+    class MakeOptions(CommandOptions):
+        output: str
+        overwrite: bool = False
+        tag: str = "x"
+
+    class CombineOptions(CommandOptions):
+        models: list[str] = Field(..., min_length=2)
+        output: str
+        overwrite: bool = False
+
+    def _write_folder(path: str, payload: dict) -> Path:
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(payload))
+        return out
+
+    register("stub_make", MakeOptions, help="test", model_field=None)(lambda o: _write_folder(o.output, {"tag": o.tag}))
+
+    def combine(o):
+        calls.append(list(o.models))
+        return _write_folder(o.output, {"parents": o.models})
+
+    register("stub_combine", CombineOptions, help="test", model_field=None, models_field="models")(combine)
+    yield calls
+    COMMANDS.pop("stub_make", None)
+    COMMANDS.pop("stub_combine", None)
+
+
+def test_a_step_takes_several_earlier_steps_as_models(tmp_path, stub_commands):
+    recipe = _write(tmp_path, f"""
+name: multi
+output_dir: {tmp_path / 'runs'}
+steps:
+  - {{name: a, command: stub_make, tag: a}}
+  - {{name: b, command: stub_make, tag: b}}
+  - {{name: both, command: stub_combine, models: [steps.a, b, {tmp_path / 'elsewhere'}]}}
+""")
+    run_recipe(recipe)
+    runs = tmp_path / "runs"
+    assert stub_commands == [[str(runs / "a"), str(runs / "b"), str(tmp_path / "elsewhere")]]
+    run_recipe(recipe)  # unchanged inputs: skipped
+    assert len(stub_commands) == 1
+    (runs / "b" / "config.json").write_text(json.dumps({"tag": "changed"}))
+    run_recipe(recipe, ["a.tag=a"])  # an input model changed: the combining step runs again
+    assert len(stub_commands) == 2
+
+    bad = _write(tmp_path, f"name: m\noutput_dir: {tmp_path}\nsteps:\n"
+                           "  - {name: both, command: stub_combine, models: [steps.nope, x]}\n")
+    with pytest.raises(LifecycleError, match="models: steps.nope names no earlier step"):
+        plan_recipe(bad)

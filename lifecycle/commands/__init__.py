@@ -3,7 +3,8 @@
 Each command is a typed options model (pydantic, ``extra="forbid"`` so misspelt keys are errors)
 plus a function ``run(options) -> Path`` that does the work and returns the folder it wrote. The
 Typer CLI and recipe steps both build the options model and call ``run``; nothing else is needed to
-add a command to both (peft/mergekit-style registry).
+add a command to both (peft/mergekit-style registry). A command's *methods* have their own registry,
+:mod:`lifecycle.methods.registry`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Type
 
-from pydantic import BaseModel, ConfigDict
-
-
-class CommandOptions(BaseModel):
-    """Base for every command's options: unknown keys are rejected, values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from lifecycle.options import CommandOptions
 
 
 @dataclass(frozen=True)
@@ -29,16 +24,24 @@ class Command:
     # The option that receives the previous recipe step's output when a step says `model: previous`
     # (or leaves its model unset). None for commands that take no model.
     model_field: str | None = "model"
+    # The option holding a list of input models (merging), whose items a recipe may fill with earlier
+    # steps' outputs (`models: [steps.a, steps.b]`). None for commands with one input.
+    models_field: str | None = None
 
 
 COMMANDS: dict[str, Command] = {}
 
+# Modules under lifecycle/commands/ that register a command, in the order `lifecycle ls` lists them.
+COMMAND_MODULES = ("train", "eval", "grow", "prune", "push")
 
-def register(name: str, options: Type[CommandOptions], help: str, model_field: str | None = "model"):
+
+def register(name: str, options: Type[CommandOptions], help: str, model_field: str | None = "model",
+             models_field: str | None = None):
     """Decorator: ``@register("train", TrainOptions, help=...)`` on the command's run function."""
 
     def wrap(fn: Callable[[CommandOptions], object]):
-        COMMANDS[name] = Command(name=name, options=options, run=fn, help=help, model_field=model_field)
+        COMMANDS[name] = Command(name=name, options=options, run=fn, help=help, model_field=model_field,
+                                 models_field=models_field)
         return fn
 
     return wrap
@@ -48,10 +51,16 @@ def load_all() -> dict[str, Command]:
     """Import every command module so it registers itself; returns the registry."""
     import importlib
 
-    for module in ("train", "eval", "grow", "prune", "push"):
+    from lifecycle.methods.registry import _import_plugins
+
+    for module in COMMAND_MODULES:
         try:
             importlib.import_module(f"lifecycle.commands.{module}")
         except ModuleNotFoundError as exc:
             if exc.name != f"lifecycle.commands.{module}":
                 raise
+    _import_plugins()
     return COMMANDS
+
+
+__all__ = ["COMMANDS", "Command", "CommandOptions", "load_all", "register"]

@@ -13,21 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from lifecycle.commands import CommandOptions, register
-from lifecycle.eval.harness import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BOOTSTRAP_ITERS,
-    DEFAULT_MAX_LENGTH,
-    EVAL_RESULTS_FILE,
-    EvalReport,
-    check_task_names,
-    evaluate,
-    evaluate_folder,
-    local_task_names,
-    parse_task_list,
-    record_scores,
-    score_and_record,
-)
+from lifecycle.commands import register
+from lifecycle.eval.harness import DEFAULT_BATCH_SIZE, DEFAULT_BOOTSTRAP_ITERS, DEFAULT_MAX_LENGTH, EVAL_RESULTS_FILE, EvalReport, check_task_names, evaluate, evaluate_folder, local_task_names, parse_task_list, record_scores, score_and_record
+from lifecycle.options import CommandOptions
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16"}
@@ -43,6 +31,7 @@ class EvalOptions(CommandOptions):
     max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, description="context window for scoring (rolling perplexity windows)")
     num_fewshot: int | None = Field(None, ge=0)
     bootstrap_iters: int = Field(DEFAULT_BOOTSTRAP_ITERS, ge=0, description="0 = no stderr at all")
+    include_path: str | None = Field(None, description="folder of your own lm-eval task YAMLs, as lm-eval's --include_path")
     output: str | None = Field(None, description="results JSON path (default: <model folder>/eval_results.json)")
     write_card: bool = Field(True, description="merge the scores into a lifecycle checkpoint's model card")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -93,7 +82,7 @@ def run_eval(opts: EvalOptions) -> Path:
     from lifecycle.model.io import load_model
 
     console = Console()
-    check_task_names(opts.tasks)  # before the (slow) model load
+    check_task_names(opts.tasks, opts.include_path)  # before the (slow) model load
     folder = _local_folder(opts.model)
     loaded = load_model(
         opts.model,
@@ -102,14 +91,9 @@ def run_eval(opts: EvalOptions) -> Path:
         trust_remote_code=opts.trust_remote_code,
     )
     report: EvalReport = evaluate(
-        loaded.model,
-        loaded.tokenizer,
-        opts.tasks,
-        limit=opts.limit,
-        batch_size=opts.batch_size,
-        max_length=opts.max_length,
-        num_fewshot=opts.num_fewshot,
-        bootstrap_iters=opts.bootstrap_iters,
+        loaded.model, loaded.tokenizer, opts.tasks, limit=opts.limit, batch_size=opts.batch_size,
+        max_length=opts.max_length, num_fewshot=opts.num_fewshot, bootstrap_iters=opts.bootstrap_iters,
+        include_path=opts.include_path,
     )
     report.settings["model"] = loaded.source
     report.settings["dtype"] = opts.dtype

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from lifecycle.commands import CommandOptions, register
+from lifecycle.commands import register
 from lifecycle.hub import PushReport, push_folder
+from lifecycle.options import CommandOptions
 
 # Above this many files the table shows the largest ones only; the totals still count every file.
 _MAX_ROWS = 40

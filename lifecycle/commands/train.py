@@ -10,20 +10,16 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from lifecycle.commands import CommandOptions, register
-from lifecycle.commands.common import EvalAfter, default_run_dir, finish_run
+from lifecycle.commands import register
 from lifecycle.errors import LifecycleError
+from lifecycle.finish import default_run_dir, finish_run
+from lifecycle.options import EvalAfter, TextDataOptions
 from lifecycle.train.engine import TrainConfig
 
 
-class TrainOptions(CommandOptions):
+class TrainOptions(TextDataOptions):
     model: str | None = Field(None, description="checkpoint to continue pretraining (folder, Hub id, .gguf, smollm2)")
     config: str | None = Field(None, description="model config for training from scratch: micro, tiny, small or a .json")
-    data: str = Field("shakespeare", description="data spec: built-in corpus, file, folder or hf:NAME")
-    tokenizer: str = Field("bpe:4096", description="for --config: bpe:N (trained on the data) or a model spec")
-    block_size: int = Field(256, ge=8)
-    val_fraction: float = Field(0.05, ge=0, lt=1)
-    max_train_tokens: int | None = Field(None, ge=1)
     output: str = Field(..., description="folder for the checkpoint")
     overwrite: bool = False
     resume: bool = Field(False, description="continue from the latest checkpoint in the run folder")

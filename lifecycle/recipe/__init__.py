@@ -14,7 +14,9 @@ steps:
     tasks: [arc_easy, lambada]
 ```
 
-A step may name an earlier step's output with ``model: steps.<name>``. Every step's options are
+A step may name an earlier step's output with ``model: steps.<name>``; a command that takes several
+input models (``models:``, e.g. merging) takes a list of earlier steps and specs:
+``models: [steps.expert_a, steps.expert_b]`` (a bare step name works too). Every step's options are
 validated with its command's options model before anything runs, and errors name the step and the
 field. A completed step is skipped on re-run when its key (command, resolved options, and the
 identity of its input model) is unchanged, so a crashed chain resumes where it stopped.
@@ -59,6 +61,7 @@ class PlannedStep:
     raw: dict  # options before the input model is resolved
     output: Path | None  # where the step writes its model (None for commands that only score)
     model_ref: str | None  # "previous", "steps.<name>" or a literal spec
+    models_refs: list[str] | None = None  # for commands with several inputs: each a step reference or a spec
 
 
 def _load_yaml(path: Path) -> dict:
@@ -76,7 +79,8 @@ def _load_yaml(path: Path) -> dict:
 
 
 def _apply_overrides(data: dict, overrides: list[str], commands: dict) -> dict:
-    from lifecycle.cli import parse_overrides, set_dotted
+    from lifecycle.methods.registry import method_group_keys
+    from lifecycle.options import parse_overrides, set_dotted
 
     step_names = {str(s.get("name")) for s in data.get("steps", []) if isinstance(s, dict)}
     for item in overrides:
@@ -93,7 +97,7 @@ def _apply_overrides(data: dict, overrides: list[str], commands: dict) -> dict:
             hit = False
             for step in data.get("steps", []):
                 cmd = commands.get(step.get("command"))
-                if cmd is not None and head in cmd.options.model_fields:
+                if cmd is not None and (head in cmd.options.model_fields or head in method_group_keys(cmd.options)):
                     set_dotted(step, parsed_key, value)
                     hit = True
             if not hit:
@@ -113,7 +117,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _error_line(exc: ValidationError, where: str) -> str:
-    from lifecycle.cli import validation_error_line
+    from lifecycle.options import validation_error_line
 
     return validation_error_line(exc, where)
 
@@ -159,6 +163,23 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
                 if ref not in seen:
                     raise LifecycleError(f"{where}: model: {value} names no earlier step")
             model_ref = value
+        models_refs = None
+        if cmd.models_field and step.get(cmd.models_field) is not None:
+            value = step[cmd.models_field]
+            if not isinstance(value, list) or not value:
+                raise LifecycleError(f"{where}: {cmd.models_field} must be a list of models or earlier steps")
+            models_refs = []
+            for item in value:
+                ref = str(item)
+                if ref == PREVIOUS:
+                    if not produced_any:
+                        raise LifecycleError(f"{where}: {cmd.models_field}: previous, but no earlier step produces a model")
+                elif ref.startswith("steps.") or ref in seen:
+                    name_ref = ref.removeprefix("steps.")
+                    if name_ref not in seen:
+                        raise LifecycleError(f"{where}: {cmd.models_field}: {ref} names no earlier step")
+                    ref = f"steps.{name_ref}"
+                models_refs.append(ref)
         output = None
         out_field = cmd.options.model_fields.get("output")
         if out_field is not None and out_field.is_required():
@@ -168,14 +189,21 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         probe = dict(step)
         if cmd.model_field and isinstance(model_ref, str) and (model_ref == PREVIOUS or model_ref.startswith("steps.")):
             probe[cmd.model_field] = str(output_dir / "<previous>")
+        if models_refs is not None:
+            probe[cmd.models_field] = [str(output_dir / f"<{r}>") if _is_ref(r) else r for r in models_refs]
         try:
             cmd.options.model_validate(probe)
         except ValidationError as exc:
             raise LifecycleError(_error_line(exc, f"recipe {path.name}, {where}")) from None
-        planned.append(PlannedStep(name=name, command=cmd, raw=step, output=output, model_ref=model_ref))
+        planned.append(PlannedStep(name=name, command=cmd, raw=step, output=output, model_ref=model_ref,
+                                   models_refs=models_refs))
         seen.add(name)
         produced_any = produced_any or output is not None
     return recipe, planned, output_dir
+
+
+def _is_ref(ref: str) -> bool:
+    return ref == PREVIOUS or ref.startswith("steps.")
 
 
 def _takes_no_model(cmd, step: dict) -> bool:
@@ -198,10 +226,12 @@ def _model_identity(spec: str) -> str:
 
 def _step_key(step: PlannedStep, options: dict) -> str:
     model_spec = options.get(step.command.model_field) if step.command.model_field else None
+    many = options.get(step.command.models_field) if step.command.models_field else None
     blob = {
         "command": step.command.name,
         "options": options,
         "input": _model_identity(model_spec) if isinstance(model_spec, str) else None,
+        "inputs": [_model_identity(str(m)) for m in many] if isinstance(many, list) else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -269,6 +299,11 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
                 options[step.command.model_field] = last_output
             elif isinstance(ref, str) and ref.startswith("steps."):
                 options[step.command.model_field] = outputs[ref[len("steps."):]]
+        if step.models_refs is not None:
+            options[step.command.models_field] = [
+                last_output if r == PREVIOUS else outputs[r[len("steps."):]] if r.startswith("steps.") else r
+                for r in step.models_refs
+            ]
         if step.output is not None:
             options["overwrite"] = True  # the recipe owns its step folders
         key = _step_key(step, options)

@@ -47,6 +47,7 @@ from typing import Any, Callable, Literal, Sequence
 from torch import nn
 
 from lifecycle.errors import LifecycleError
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import adapter_for
 
 Order = Literal["stack", "interleave"]
@@ -336,6 +337,7 @@ def run_gstack(
     layer_map: Sequence[int] | None = None,
     seen_tokens: int = 0,
     train_fn: Callable | None = None,
+    on_small_trained: Callable | None = None,
     progress: bool = True,
 ) -> GStackRun:
     """The G_stack procedure on the shared training engine.
@@ -347,6 +349,7 @@ def run_gstack(
     The data stream skips the tokens the small model consumed (``skip_tokens``, the paper's
     ``--resume_id``); with the same seed and data this is exactly where phase 1 stopped. When the
     small model was trained elsewhere, ``seen_tokens`` says how many tokens of this data it saw.
+    ``on_small_trained(result)`` is called after phase 1, before stacking edits the small model in place.
     """
     from lifecycle.train.engine import train
 
@@ -363,6 +366,8 @@ def run_gstack(
         small_model = small_result.model
         small_tokens = small_result.tokens_seen
         small_history = small_result.history
+        if on_small_trained is not None:
+            on_small_trained(small_result)
     small_params = count_parameters(small_model)
     grown = stack_layers(small_model, layer_map=mapping)
     skip = small_tokens + seen_tokens
@@ -388,3 +393,81 @@ def run_gstack(
         history=joined_history(small_history, grown_history, small_tokens),
     )
 
+
+@register_method("grow", "gstack", paper="Du et al. 2024, Stacking Your Transformers (NeurIPS 2024, arXiv:2405.15319)",
+                 summary="train a small model, stack its layers g times, train on", aliases=("g_stack", "stack"))
+def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
+    """The ``grow`` method ``gstack``: (small phase,) stack, train, finish; ``s`` is a planner.GrowthSetup."""
+    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.methods.grow.planner import grow_lineage, move_into, pack_data, source_seen_tokens
+    from lifecycle.model.card import new_lineage
+    from lifecycle.model.io import save_checkpoint
+    from lifecycle.train.engine import TrainResult
+
+    data = pack_data(opts, s)
+    run_dir = default_run_dir(out)
+    pieces: dict[str, Path] = {}
+    if opts.config is not None:
+        small_cfg = opts.train.model_copy(update={"steps": s.small_steps, "lr": opts.small_lr or opts.train.lr})
+        grown_cfg = opts.train.model_copy(update={"steps": s.grown_steps})
+        seen, seen_why = 0, "the small model's own tokens (phase 1)"
+    else:
+        small_cfg = None
+        grown_cfg = opts.train
+        seen, seen_why = source_seen_tokens(opts, s, data)
+
+    def save_small(result: Any) -> None:
+        # Saved before stacking, which edits the small model in place.
+        lineage = new_lineage(
+            command="grow", method="gstack-small", options=opts.model_dump(mode="json"),
+            seed=small_cfg.seed, data=data.describe(), tokens_seen=result.tokens_seen,
+        )
+        lineage["growth"] = {"role": "small model of G_stack", "layers": s.source_layers}
+        pieces["small"] = save_checkpoint(result.model, s.tokenizer, run_dir / "small-model", lineage=lineage, overwrite=True)
+
+    run = run_gstack(
+        small_model=s.model,
+        data=data,
+        grown_cfg=grown_cfg,
+        small_cfg=small_cfg,
+        run_dir=run_dir,
+        layer_map=s.mapping,
+        seen_tokens=seen if opts.skip_seen_tokens else 0,
+        on_small_trained=save_small,
+    )
+    source_tokens = int((s.parent_lineage or {}).get("tokens_seen") or 0)
+    growth = {
+        "method": "gstack",
+        "paper": "Du et al. 2024, Stacking Your Transformers (arXiv:2405.15319)",
+        "source": s.parent or "small model trained from scratch (small/)",
+        "source_layers": s.source_layers,
+        "target_layers": s.target_layers,
+        "order": opts.order if opts.layer_map is None else "layer_map",
+        "layer_map": run.layer_map,
+        "small_params": run.small_params,
+        "grown_params": run.grown_params,
+        "small_tokens": run.small_tokens if opts.config else source_tokens,
+        "grown_tokens": run.grown_tokens,
+        "skip_tokens": run.skip_tokens,
+        "skip_reason": seen_why,
+        "train_flops": run.train_flops + (6.0 * run.small_params * source_tokens if opts.model else 0.0),
+    }
+    if s.plan is not None:
+        growth["plan"] = s.plan.as_dict()
+    tokens_seen = run.tokens_seen + (source_tokens if opts.model else 0)
+    lineage = grow_lineage(opts, s, data, tokens_seen, growth)
+    last = run.grown_result or run.small_result
+    result = None
+    if last is not None:
+        result = TrainResult(
+            model=run.model,
+            steps=(run.small_result.steps if run.small_result else 0) + (run.grown_result.steps if run.grown_result else 0),
+            tokens_seen=run.tokens_seen,
+            final_train_loss=last.final_train_loss,
+            final_val_loss=last.final_val_loss,
+            history=run.history,
+            seconds=(run.small_result.seconds if run.small_result else 0) + (run.grown_result.seconds if run.grown_result else 0),
+        )
+    finish_run(run.model, s.tokenizer, out, lineage, overwrite=opts.overwrite, eval_after=opts.eval, result=result)
+    move_into(out, {"small": pieces["small"]} if "small" in pieces else {})
+    return out

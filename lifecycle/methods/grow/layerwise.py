@@ -48,6 +48,8 @@ import torch
 from torch import nn
 
 from lifecycle.errors import LifecycleError
+from lifecycle.methods.grow.options import LayerwiseOptions
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import adapter_for
 
 EmbeddingKind = Literal["model", "hashed"]
@@ -323,3 +325,87 @@ def grow_layerwise(
         p.requires_grad_(True)
     adapter_for(model).embed_tokens.weight.requires_grad_(False)
     return LayerwiseRun(model=model, stages=stages, history=history)
+
+
+@register_method("grow", "layerwise", paper="Bochkov 2025, Growing Transformers on a Frozen Substrate (arXiv:2507.07129)",
+                 summary="freeze the embedding and trained layers, add and train new layers stage by stage",
+                 options=LayerwiseOptions, aliases=("layer-wise", "frozen-substrate"))
+def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
+    """The ``grow`` method ``layerwise``: stages of new layers on the frozen substrate, then finish."""
+    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.methods.grow.planner import grow_lineage, move_into, pack_data, source_seen_tokens
+    from lifecycle.model.card import new_lineage
+    from lifecycle.model.io import save_checkpoint
+    from lifecycle.train.engine import TrainResult
+
+    lw = opts.layerwise
+    data = pack_data(opts, s)
+    run_dir = default_run_dir(out)
+    seen, seen_why = (0, "from scratch") if opts.config else source_seen_tokens(opts, s, data)
+    freeze_substrate(s.model, embedding=lw.embedding, head=lw.head, tokenizer=s.tokenizer, seed=opts.train.seed)
+    pieces: dict[str, Path] = {}
+    stage_rows: list[dict] = []
+
+    def on_stage(report, model) -> None:
+        row = {k: v for k, v in report.__dict__.items() if k != "history"}
+        row["seconds"] = round(row["seconds"], 1)
+        stage_rows.append(row)
+        if report.layers == s.target_layers:
+            return  # the last stage is the output itself
+        lineage = new_lineage(
+            command="grow", method="layerwise-stage", parents=[s.parent] if s.parent else [],
+            parent_lineages=[s.parent_lineage], options=opts.model_dump(mode="json"), seed=opts.train.seed,
+            data=data.describe(), tokens_seen=sum(r["tokens"] for r in stage_rows),
+        )
+        lineage["growth"] = {"stage": report.stage, "layers": report.layers, "new_layers": report.new_layers}
+        pieces[f"stages/stage-{report.stage}"] = save_checkpoint(
+            model, s.tokenizer, run_dir / "stages" / f"stage-{report.stage}", lineage=lineage, overwrite=True
+        )
+
+    cfg = opts.train.model_copy(update={"steps": s.stage_steps})
+    run = grow_layerwise(
+        s.model,
+        data,
+        cfg,
+        run_dir,
+        target_layers=s.target_layers,
+        layers_per_stage=lw.layers_per_stage,
+        train_initial=opts.config is not None,
+        lora_rank=lw.lora_rank,
+        lora_alpha=lw.lora_alpha,
+        new_layer_init=lw.new_layer_init,
+        seen_tokens=seen if opts.skip_seen_tokens else 0,
+        on_stage=on_stage,
+    )
+    source_tokens = int((s.parent_lineage or {}).get("tokens_seen") or 0) if opts.model else 0
+    growth = {
+        "method": "layerwise",
+        "paper": "Bochkov 2025, Growing Transformers on a Frozen Substrate (arXiv:2507.07129)",
+        "source": s.parent or "built from config",
+        "source_layers": s.source_layers if opts.model else 0,
+        "target_layers": s.target_layers,
+        "layers_per_stage": lw.layers_per_stage,
+        "embedding": lw.embedding,
+        "head": lw.head,
+        "new_layer_init": lw.new_layer_init,
+        "lora_rank": lw.lora_rank,
+        "skip_tokens": seen,
+        "skip_reason": seen_why,
+        "source_tokens": source_tokens,
+        "stages": stage_rows,
+        "train_flops": run.train_flops,
+    }
+    lineage = grow_lineage(opts, s, data, run.tokens_seen + source_tokens, growth)
+    last = run.stages[-1]
+    result = TrainResult(
+        model=run.model,
+        steps=s.stage_steps * len(run.stages),
+        tokens_seen=run.tokens_seen,
+        final_train_loss=last.final_train_loss,
+        final_val_loss=last.final_val_loss,
+        history=run.history,
+        seconds=sum(st.seconds for st in run.stages),
+    )
+    finish_run(run.model, s.tokenizer, out, lineage, overwrite=opts.overwrite, eval_after=opts.eval, result=result)
+    move_into(out, pieces)
+    return out

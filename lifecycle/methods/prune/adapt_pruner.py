@@ -41,14 +41,9 @@ from typing import Any, Callable
 import torch
 
 from lifecycle.errors import LifecycleError
-from lifecycle.methods.prune.importance import (
-    Calibration,
-    ScoreCache,
-    TaylorScores,
-    normalize_layer_importance,
-    taylor_scores,
-)
+from lifecycle.methods.prune.importance import Calibration, ScoreCache, TaylorScores, normalize_layer_importance, taylor_scores
 from lifecycle.methods.prune.plan import Costs, LayerPlan, Plan, apply_plan, current_plan, fmt_params, round_channels
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import DecoderAdapter
 
 
@@ -232,4 +227,36 @@ def run_adapt_accel(
             "train_steps": [first, last],
             **trained,
         })
+    return report
+
+
+@register_method("prune", "adapt", paper="Pan et al. 2025, Adapt-Pruner (arXiv:2502.03460)",
+                 summary="layer-adaptive sparsity from layer cosine, Taylor channels; Adapt-Accel with stages > 1",
+                 aliases=("adapt-pruner", "adapt_pruner"))
+def prune_adapt(ctx: Any) -> dict:
+    """The ``prune`` method ``adapt`` (:class:`lifecycle.methods.prune.pipeline.PruneContext` in, report out)."""
+    from lifecycle.methods.prune.plan import apply_plan
+    from lifecycle.methods.prune.taylor_uniform import cached_taylor
+
+    opts = ctx.opts
+    settings = AdaptSettings(step_fraction=opts.step_fraction, amplitude=opts.amplitude, max_sparsity=opts.max_sparsity,
+                             channel_round=opts.channel_round, min_channels=opts.min_channels, uniform=opts.uniform)
+    if ctx.plan is not None:  # an explicit plan: Taylor picks which groups/channels fill it
+        scores, hit = cached_taylor(ctx.adapter, ctx.calib, ctx.fingerprint(), batch_size=opts.calib_batch_size,
+                                    use_cache=opts.use_cache)
+        apply_plan(ctx.adapter, ctx.plan, scores.kv_groups, scores.channels)
+        report: dict[str, Any] = {"scores_cached": hit, "steps": [], "plan_file": opts.plan}
+    else:
+        pruner = AdaptPruner(ctx.adapter, ctx.calib, settings, batch_size=opts.calib_batch_size, model_fp=ctx.model_fp,
+                             log=ctx.log)
+        if opts.stages > 1:
+            stages = run_adapt_accel(pruner, ctx.target, opts.stages, lambda k, a, b: ctx.train_slice(a, b, stage=k),
+                                     opts.train.steps)
+            report = {"stages": stages, "steps": pruner.history}
+        else:
+            pruner.prune_to(ctx.target)
+            pruner.save_cache()
+            report = {"steps": pruner.history, "cached_steps_used": pruner.cached_steps_used,
+                      "scores_cached": pruner.cached_steps_used > 0}
+    report["settings"] = dict(settings.__dict__)
     return report

@@ -19,6 +19,7 @@ from lifecycle.errors import LifecycleError
 from lifecycle.methods.prune.importance import Calibration, layer_cosine, scores_with_cache
 from lifecycle.methods.prune.plan import Costs, Plan, current_plan, fmt_params
 from lifecycle.methods.prune.surgery import drop_layers
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import DecoderAdapter
 
 
@@ -70,6 +71,13 @@ def prune_depth(
         "scores_cached": hit,
         "layer_scores_1_minus_cos": [round(float(s), 6) for s in scores],
         "dropped_layers": drop,
-        "plan": final.to_json(),
         "steps": [{"step": 1, "params": adapter.num_parameters()}],
+        "plan": final.to_json(),
     }
+
+
+@register_method("prune", "depth", paper="Men et al. 2024, ShortGPT (arXiv:2403.03853); Muralidharan et al. 2024, Minitron",
+                 summary="drop the layers whose output is closest to their input")
+def prune_depth_method(ctx: Any) -> dict:
+    """The ``prune`` method ``depth`` (a PruneContext in, the report out)."""
+    return prune_depth(ctx.adapter, ctx.calib, ctx.target, **ctx.scoring())

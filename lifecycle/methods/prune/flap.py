@@ -35,6 +35,7 @@ import torch
 
 from lifecycle.methods.prune.importance import Calibration, FlapStats, flap_statistics, scores_with_cache
 from lifecycle.methods.prune.plan import Costs, LayerPlan, Plan, apply_plan, current_plan, round_channels
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import DecoderAdapter
 
 
@@ -110,12 +111,12 @@ def prune_flap(
     target: int,
     *,
     model_fp: str,
+    plan: Plan | None = None,
+    batch_size: int = 16,
+    use_cache: bool = True,
     bias_compensation: bool = True,
     channel_round: int = 8,
     min_channels: int = 8,
-    batch_size: int = 16,
-    use_cache: bool = True,
-    plan: Plan | None = None,
 ) -> dict[str, Any]:
     stats, hit = cached_flap(adapter, calib, model_fp, batch_size=batch_size, use_cache=use_cache)
     kv_scores, ch_scores = wifv_scores(adapter, stats)
@@ -132,3 +133,10 @@ def prune_flap(
         "plan": plan.to_json(),
         "steps": [{"step": 1, "params": adapter.num_parameters()}],
     }
+
+
+@register_method("prune", "flap", paper="An et al. 2024, FLAP (AAAI 2024, arXiv:2312.11983)",
+                 summary="fluctuation metric, global structure search, bias compensation; retraining-free")
+def prune_flap_method(ctx: Any) -> dict:
+    """The ``prune`` method ``flap`` (a PruneContext in, the report out)."""
+    return prune_flap(ctx.adapter, ctx.calib, ctx.target, bias_compensation=ctx.opts.bias_compensation, **ctx.scoring(), **ctx.widths())

@@ -61,7 +61,7 @@ class Calibration:
 
     @property
     def length(self) -> int:
-        return int(self.tokens.shape[1])
+        return self.tokens.shape[1]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -297,7 +297,7 @@ class FlapStats:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], layers: int) -> "FlapStats | None":
-        if f"flap.attn_mean.0" not in tensors:
+        if "flap.attn_mean.0" not in tensors:
             return None
         return cls(**{name: [tensors[f"flap.{name}.{i}"] for i in range(layers)]
                       for name in ("attn_mean", "attn_var", "mlp_mean", "mlp_var")})

@@ -22,6 +22,7 @@ from typing import Any
 from lifecycle.errors import LifecycleError
 from lifecycle.methods.prune.importance import Calibration, TaylorScores, scores_with_cache, taylor_scores
 from lifecycle.methods.prune.plan import Costs, LayerPlan, Plan, apply_plan, current_plan, fmt_params, round_channels
+from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import DecoderAdapter
 
 _EPS = 1e-6
@@ -132,3 +133,11 @@ def prune_taylor_uniform(
 
 
 __all__ = ["cached_taylor", "gqa_keep", "prune_taylor_uniform", "solve_uniform_plan"]
+
+
+@register_method("prune", "taylor-uniform", paper="Ma et al. 2023, LLM-Pruner (arXiv:2305.11627)",
+                 summary="first-order Taylor, the same share in every layer", aliases=("taylor", "taylor_uniform", "llm-pruner"))
+def prune_taylor_uniform_method(ctx: Any) -> dict:
+    """The ``prune`` method ``taylor-uniform`` (a PruneContext in, the report out)."""
+    return prune_taylor_uniform(ctx.adapter, ctx.calib, ctx.target, attention_ratio=ctx.attention_ratio, ratio_origin=ctx.ratio_origin,
+                                **ctx.scoring(), **ctx.widths())

@@ -179,67 +179,34 @@ def _validate_per_layer_architecture(self) -> None:
         )
 
 
-@strict
-class LifecyclePrunedLlamaConfig(LlamaConfig):
-    model_type = "lifecycle_pruned_llama"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    o_proj_bias: bool = False
-    down_proj_bias: bool = False
-
-    def validate_architecture(self) -> None:
-        _validate_per_layer_architecture(self)
+def _per_layer_config(base: type, model_type: str, name: str) -> type:
+    """``base`` (LlamaConfig, ...) plus the per-layer width lists, under its own model type."""
+    fields = {"layer_num_attention_heads": None, "layer_num_key_value_heads": None, "layer_intermediate_sizes": None,
+              "o_proj_bias": False, "down_proj_bias": False}
+    annotations = {name_: ("list[int] | None" if value is None else "bool") for name_, value in fields.items()}
+    namespace = {"__module__": __name__, "__qualname__": name, "__annotations__": annotations, "model_type": model_type,
+                 "validate_architecture": _validate_per_layer_architecture, **fields}
+    return strict(type(name, (base,), namespace))
 
 
-@strict
-class LifecyclePrunedQwen2Config(Qwen2Config):
-    model_type = "lifecycle_pruned_qwen2"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    o_proj_bias: bool = False
-    down_proj_bias: bool = False
+def _per_layer_model(base: type, config_class: type, name: str) -> type:
+    """``base`` (LlamaForCausalLM, ...) whose layers each take their width from the config."""
 
-    def validate_architecture(self) -> None:
-        _validate_per_layer_architecture(self)
-
-
-@strict
-class LifecyclePrunedMistralConfig(MistralConfig):
-    model_type = "lifecycle_pruned_mistral"
-    layer_num_attention_heads: list[int] | None = None
-    layer_num_key_value_heads: list[int] | None = None
-    layer_intermediate_sizes: list[int] | None = None
-    o_proj_bias: bool = False
-    down_proj_bias: bool = False
-
-    def validate_architecture(self) -> None:
-        _validate_per_layer_architecture(self)
-
-
-class LifecyclePrunedLlamaForCausalLM(_PerLayerModelMixin, LlamaForCausalLM):
-    config_class = LifecyclePrunedLlamaConfig
-
-    def __init__(self, config: LifecyclePrunedLlamaConfig):
-        super().__init__(config)
+    def __init__(self, config):  # noqa: N807 - the class's constructor
+        base.__init__(self, config)
         self._lifecycle_reshape()
 
-
-class LifecyclePrunedQwen2ForCausalLM(_PerLayerModelMixin, Qwen2ForCausalLM):
-    config_class = LifecyclePrunedQwen2Config
-
-    def __init__(self, config: LifecyclePrunedQwen2Config):
-        super().__init__(config)
-        self._lifecycle_reshape()
+    return type(name, (_PerLayerModelMixin, base), {"__module__": __name__, "__qualname__": name,
+                                                      "config_class": config_class, "__init__": __init__})
 
 
-class LifecyclePrunedMistralForCausalLM(_PerLayerModelMixin, MistralForCausalLM):
-    config_class = LifecyclePrunedMistralConfig
-
-    def __init__(self, config: LifecyclePrunedMistralConfig):
-        super().__init__(config)
-        self._lifecycle_reshape()
+LifecyclePrunedLlamaConfig = _per_layer_config(LlamaConfig, "lifecycle_pruned_llama", "LifecyclePrunedLlamaConfig")
+LifecyclePrunedQwen2Config = _per_layer_config(Qwen2Config, "lifecycle_pruned_qwen2", "LifecyclePrunedQwen2Config")
+LifecyclePrunedMistralConfig = _per_layer_config(MistralConfig, "lifecycle_pruned_mistral", "LifecyclePrunedMistralConfig")
+LifecyclePrunedLlamaForCausalLM = _per_layer_model(LlamaForCausalLM, LifecyclePrunedLlamaConfig, "LifecyclePrunedLlamaForCausalLM")
+LifecyclePrunedQwen2ForCausalLM = _per_layer_model(Qwen2ForCausalLM, LifecyclePrunedQwen2Config, "LifecyclePrunedQwen2ForCausalLM")
+LifecyclePrunedMistralForCausalLM = _per_layer_model(MistralForCausalLM, LifecyclePrunedMistralConfig,
+                                                     "LifecyclePrunedMistralForCausalLM")
 
 
 # source model_type -> (config class, model class)

@@ -1,0 +1,106 @@
+"""How every command ends: score the output, then write it atomically with its card and records.
+
+:func:`finish_run` is the one exit of every command that writes a model: optional lm-eval scoring
+(scores into the lineage and ``eval_results.json``), training metrics and the loss-curve PNG, any
+files the method adds (a pruning plan, an accuracy matrix), then :func:`lifecycle.model.io.save_checkpoint`:
+temp folder → reload check → rename.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from lifecycle.options import EvalAfter
+
+
+def default_run_dir(output: str | Path) -> Path:
+    """Resumable training state lives beside the output, so the output itself is only ever complete."""
+    out = Path(output).expanduser().resolve()
+    return out.parent / f".{out.name}.run"
+
+
+def _write_extra_files(folder: Path, files: dict[str, Any]) -> None:
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, str):
+            path.write_text(content)
+        else:
+            path.write_text(json.dumps(content, indent=2, default=str))
+
+
+def finish_run(
+    model: Any,
+    tokenizer: Any,
+    output: str | Path,
+    lineage: dict,
+    *,
+    overwrite: bool,
+    eval_after: EvalAfter | None = None,
+    result: Any = None,
+    history: list[dict] | None = None,
+    extra_files: dict[str, Any] | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+    plot_title: str | None = None,
+) -> Path:
+    """Evaluate (optional), write the checkpoint atomically with its card, loss curve and metrics.
+
+    ``result`` is a :class:`~lifecycle.train.engine.TrainResult` (its metrics go into the lineage and
+    its history into ``metrics.jsonl`` / ``loss.png``); ``history`` gives rows without a result.
+    ``extra_files`` maps file names to text, bytes or JSON-able values; ``write_extra(folder)`` writes
+    anything else into the temporary folder before the reload check.
+    """
+    from lifecycle.model.io import save_checkpoint
+    from lifecycle.train.engine import plot_loss_curve
+
+    scores: dict = {}
+    settings: dict | None = None
+    if eval_after is not None and eval_after.tasks:
+        from lifecycle.eval.harness import evaluate
+
+        report = evaluate(
+            model,
+            tokenizer,
+            eval_after.tasks,
+            limit=eval_after.limit,
+            batch_size=eval_after.batch_size,
+            max_length=eval_after.max_length,
+            include_path=eval_after.include_path,
+        )
+        report.print_table()
+        scores, settings = report.scores, report.settings
+    lineage = dict(lineage)
+    if scores:
+        lineage["eval"] = scores
+        lineage["eval_settings"] = settings
+    if result is not None:
+        lineage.setdefault("metrics", {}).update({
+            "steps": result.steps,
+            "tokens_seen": result.tokens_seen,
+            "final_train_loss": result.final_train_loss,
+            "final_val_loss": result.final_val_loss,
+            "seconds": round(result.seconds, 1),
+        })
+    rows = history if history is not None else (result.history if result is not None else [])
+
+    def extra(tmp: Path) -> None:
+        if rows:
+            with open(tmp / "metrics.jsonl", "w") as fh:
+                for row in rows:
+                    fh.write(json.dumps(row) + "\n")
+            plot_loss_curve(rows, tmp / "loss.png", title=plot_title or f"{lineage.get('command')}: {Path(output).name}")
+        if scores:
+            (tmp / "eval_results.json").write_text(json.dumps({"scores": scores, "settings": settings}, indent=2, default=str))
+        if extra_files:
+            _write_extra_files(tmp, extra_files)
+        if write_extra is not None:
+            write_extra(tmp)
+
+    return save_checkpoint(model, tokenizer, output, lineage=lineage, overwrite=overwrite, write_extra=extra)
+
+
+__all__ = ["default_run_dir", "finish_run"]

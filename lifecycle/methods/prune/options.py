@@ -1,0 +1,78 @@
+"""Options of ``lifecycle prune``: the target, calibration, the methods' settings and recovery training."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field, model_validator
+
+from lifecycle.methods.registry import MethodOptions
+from lifecycle.options import EvalAfter
+from lifecycle.train.engine import TrainConfig
+
+
+def _default_recovery() -> TrainConfig:
+    # Recovery fine-tunes a pretrained model: a small LR and the WSD schedule Adapt-Accel uses.
+    return TrainConfig(steps=0, lr=1e-4, warmup_steps=0, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1,
+                       micro_batch_size=8, eval_every=0, weight_decay=0.0)
+
+
+class PruneOptions(MethodOptions):
+    """Options of ``lifecycle prune``; ``method`` names a registered prune method (``lifecycle ls``)."""
+
+    method_command: ClassVar[str] = "prune"
+
+    model: str = Field(..., description="model to prune: folder, Hub id, .gguf, smollm2")
+    output: str = Field(..., description="folder for the pruned checkpoint")
+    overwrite: bool = False
+    method: str = Field("adapt", description="prune method: adapt, taylor-uniform, flap, depth (lifecycle ls)")
+    target_params: int | float | str | None = Field(None, description="total parameters to reach, e.g. 95M")
+    ratio: float | None = Field(None, gt=0, lt=1, description="share of the decoder (non-embedding) parameters to remove")
+    plan: str | None = Field(None, description="per-layer plan file (YAML/JSON): num_key_value_heads, intermediate_size, drop_layers")
+    uniform: bool = Field(False, description="same width in every layer (a vanilla config); adapt: A = 0")
+    attention_ratio: float | None = Field(None, ge=0, lt=1, description="taylor-uniform: share of KV groups removed in every layer")
+    # calibration (the same blocks for every method)
+    calib_data: str | None = Field(None, description="calibration data spec (default: data)")
+    calib_samples: int = Field(128, ge=1)
+    calib_length: int = Field(64, ge=2)
+    calib_batch_size: int = Field(16, ge=1)
+    use_cache: bool = Field(True, description="reuse cached importance scores for the same model and calibration")
+    # Adapt-Pruner
+    step_fraction: float = Field(0.02, gt=0, le=0.5, description="Adapt-Pruner Δ: mean sparsity added per step")
+    amplitude: float = Field(0.02, ge=0, description="Adapt-Pruner A: layer-importance amplitude")
+    max_sparsity: float = Field(0.99, gt=0, lt=1)
+    stages: int = Field(1, ge=1, description="Adapt-Accel stages (prune, then train a slice); 1 = prune then recover")
+    channel_round: int = Field(8, ge=1, description="MLP widths are multiples of this")
+    min_channels: int = Field(8, ge=1, description="fewest MLP channels a layer keeps")
+    bias_compensation: bool = Field(True, description="flap: fold removed inputs' means into output biases")
+    per_layer_checkpoint: bool = Field(False, description="always write the per-layer form, even for uniform shapes")
+    # recovery training
+    data: str = Field("wikitext", description="recovery training data (and default calibration data)")
+    block_size: int = Field(128, ge=8)
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    max_train_tokens: int | None = Field(None, ge=1)
+    train: TrainConfig = Field(default_factory=_default_recovery)
+    distill: float = Field(0.0, ge=0, description="weight of the logit-distillation loss from the unpruned model")
+    distill_temperature: float = Field(1.0, gt=0)
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    eval: EvalAfter = Field(default_factory=EvalAfter)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "PruneOptions":
+        given = [name for name in ("target_params", "ratio", "plan") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of target_params, ratio or plan" + (f" (got {', '.join(given)})" if given else ""))
+        if self.stages > 1 and self.method != "adapt":
+            raise ValueError("stages > 1 (Adapt-Accel) needs method adapt")
+        if self.stages > 1 and self.plan is not None:
+            raise ValueError("stages > 1 needs a parameter target, not a plan file")
+        if self.stages > 1 and self.train.steps < self.stages:
+            raise ValueError(f"Adapt-Accel with {self.stages} stages needs train.steps >= {self.stages}")
+        if self.attention_ratio is not None and self.method != "taylor-uniform":
+            raise ValueError("attention_ratio applies to method taylor-uniform (the other methods choose head counts themselves)")
+        if self.uniform and self.method == "flap":
+            raise ValueError("uniform shapes need method adapt or taylor-uniform (FLAP's search is global)")
+        if self.distill > 0 and self.train.steps == 0:
+            raise ValueError("distill needs recovery training (train.steps > 0)")
+        return self

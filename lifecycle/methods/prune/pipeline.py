@@ -1,0 +1,219 @@
+"""The prune pipeline every prune method runs in: resolve the target, calibrate, prune, recover, finalize.
+
+A prune method is registered with :func:`lifecycle.methods.registry.register_method` (``"prune"``)
+and called as ``run(ctx: PruneContext) -> dict``: it edits ``ctx.adapter`` in place until the model
+has ``ctx.target`` parameters (or matches ``ctx.plan``) and returns its report (scores used, steps,
+the plan it chose). Everything around it is shared here: the target and plan checks (before any
+weight changes), calibration blocks, recovery training on the shared engine (optionally distilling
+the unpruned model), and turning the pruned model into a checkpoint form that loads
+(:mod:`lifecycle.model.pruned`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lifecycle.errors import LifecycleError
+from lifecycle.finish import default_run_dir
+from lifecycle.methods.prune.options import PruneOptions
+from lifecycle.methods.registry import get_method
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled from /proc every 20 ms)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.peak = 0
+        self.start = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):  # not Linux: fall back to the lifetime maximum
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.start = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    def describe(self) -> dict[str, float]:
+        return {"rss_before_mib": round(self.start / 2**20, 1), "peak_rss_mib": round(self.peak / 2**20, 1)}
+
+
+@dataclass
+class PruneContext:
+    """What a prune method receives: the model to edit, its calibration and target, and the options."""
+
+    opts: PruneOptions
+    adapter: Any  # lifecycle.model.adapter.DecoderAdapter
+    calib: Any  # lifecycle.methods.prune.importance.Calibration
+    target: int  # total parameters to reach
+    plan: Any  # lifecycle.methods.prune.plan.Plan from a plan file, or None
+    model_fp: str | None  # fingerprint of the unpruned model for the score cache (None: do not cache steps)
+    attention_ratio: float | None
+    ratio_origin: str
+    train_slice: Callable[..., dict]  # train_slice(first_step, last_step, stage=k): recovery training
+    log: Callable[[str], None] = print
+    extra: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        from lifecycle.methods.prune.importance import model_fingerprint
+
+        return self.model_fp or model_fingerprint(self.adapter.model)
+
+    def scoring(self) -> dict[str, Any]:
+        """Keyword arguments every scoring method takes: cache key, batch size, cache use, plan file."""
+        return {"model_fp": self.fingerprint(), "batch_size": self.opts.calib_batch_size,
+                "use_cache": self.opts.use_cache, "plan": self.plan}
+
+    def widths(self) -> dict[str, int]:
+        """Keyword arguments of the methods that choose MLP widths."""
+        return {"channel_round": self.opts.channel_round, "min_channels": self.opts.min_channels}
+
+
+def _counts(adapter: Any) -> dict[str, int]:
+    return {"total": adapter.num_parameters(), "non_embedding": adapter.num_parameters(include_embeddings=False)}
+
+
+def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] = print) -> tuple[Any, dict, dict, list[dict], Any]:
+    """Prune (and recover) an already loaded model; returns (model, report, plan, history, data).
+
+    Usable from Python: benchmarks prune one loaded model several ways with it.
+    """
+    from lifecycle.methods.prune.importance import build_calibration, model_fingerprint
+    from lifecycle.methods.prune.plan import (
+        Costs,
+        check_reachable,
+        current_plan,
+        fmt_params,
+        load_plan_file,
+        resolve_target,
+    )
+    from lifecycle.methods.prune.taylor_uniform import gqa_keep
+    from lifecycle.model.adapter import adapter_for
+    from lifecycle.model.pruned import finalize, layer_shapes, source_family
+
+    method = get_method("prune", opts.method)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    adapter = adapter_for(model)
+    source_family(model.config)
+    before = _counts(adapter)
+    plan = load_plan_file(opts.plan, adapter) if opts.plan else None
+    if plan is not None:
+        target = Costs.of(adapter).params_after(current_plan(adapter), plan)
+    else:
+        target = resolve_target(adapter, target_params=opts.target_params, ratio=opts.ratio)
+        if opts.method != "depth":
+            check_reachable(adapter, target, opts.min_channels)
+    ratio_origin = "--ratio" if opts.ratio is not None else "--target-params"
+    if opts.method == "taylor-uniform" and plan is None:
+        # Validate the GQA arithmetic before spending time on calibration.
+        rho = opts.attention_ratio if opts.attention_ratio is not None else (before["total"] - target) / before["non_embedding"]
+        gqa_keep(adapter, rho, origin=ratio_origin if opts.attention_ratio is None else "--attention-ratio")
+    calib = build_calibration(tokenizer, opts.calib_data or opts.data, samples=opts.calib_samples,
+                              length=opts.calib_length, seed=opts.train.seed)
+    log(f"calibration: {calib.samples} × {calib.length} tokens from {calib.source}")
+
+    data = None
+    if opts.train.steps > 0:
+        from lifecycle.data import pack
+
+        data = pack(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction,
+                    max_train_tokens=opts.max_train_tokens)
+    teacher = None
+    if opts.distill > 0:
+        from lifecycle.train.distill import frozen_copy
+
+        teacher = frozen_copy(model)
+
+    model_fp = model_fingerprint(model) if (opts.use_cache and opts.stages == 1) else None
+    run_dir = default_run_dir(opts.output)
+    history: list[dict] = []
+    train_summary: dict[str, Any] = {}
+
+    def train_slice(first: int, last: int, stage: int | None = None) -> dict[str, Any]:
+        from lifecycle.train.distill import distillation_hooks
+        from lifecycle.train.engine import train
+
+        tokens_per_step = opts.train.micro_batch_size * opts.train.grad_accum * data.block_size
+        cfg = opts.train.model_copy(update={
+            "steps": last - first,
+            "step_offset": first,
+            "schedule_steps": opts.train.steps,
+            # this slice's own blocks of the stream: the engine reads position skip + step * batch
+            "skip_tokens": opts.train.skip_tokens + first * tokens_per_step,
+        })
+        hooks = distillation_hooks(teacher, opts.distill, opts.distill_temperature) if teacher is not None else None
+        result = train(adapter.model, data, cfg, run_dir / (f"stage-{stage}" if stage else "recovery"), hooks=hooks,
+                       description=f"recovery{f' stage {stage}' if stage else ''}")
+        for row in result.history:
+            history.append({**row, "step": row["step"] + first, "tokens": row["tokens"] + first * tokens_per_step,
+                            **({"stage": stage} if stage else {})})
+        train_summary["tokens_seen"] = train_summary.get("tokens_seen", 0) + result.tokens_seen
+        train_summary["seconds"] = round(train_summary.get("seconds", 0.0) + result.seconds, 1)
+        train_summary["final_train_loss"] = result.final_train_loss
+        train_summary["final_val_loss"] = result.final_val_loss
+        return {"train_loss": result.final_train_loss, "val_loss": result.final_val_loss, "params": adapter.num_parameters()}
+
+    ctx = PruneContext(opts=opts, adapter=adapter, calib=calib, target=target, plan=plan, model_fp=model_fp,
+                       attention_ratio=opts.attention_ratio, ratio_origin=ratio_origin, train_slice=train_slice, log=log)
+    started = time.perf_counter()
+    with PeakMemory() as mem:
+        method_report = method.run(ctx)
+    prune_seconds = time.perf_counter() - started - float(train_summary.get("seconds", 0.0))
+    pruned_counts = _counts(adapter)
+    log(f"pruned: {fmt_params(before['total'])} → {fmt_params(pruned_counts['total'])} parameters "
+        f"({pruned_counts['non_embedding'] / before['non_embedding']:.1%} of the decoder) in {prune_seconds:.1f} s")
+
+    if opts.stages == 1 and opts.train.steps > 0:
+        train_slice(0, opts.train.steps)
+    final_plan = current_plan(adapter)
+    done = finalize(adapter.model, per_layer=True if opts.per_layer_checkpoint else None)
+    if opts.uniform and done.kind != "vanilla":
+        raise LifecycleError(f"--uniform could not produce a vanilla checkpoint: {done.reason}")
+    plan_json = method_report.get("plan") or final_plan.to_json()
+    if not plan_json.get("drop_layers"):
+        plan_json["num_attention_heads"] = done.shapes.heads  # whole GQA groups: heads = groups × group size
+    report = {
+        "method": opts.method,
+        "target_params": target,
+        "params_before": before,
+        "params_after": _counts(adapter_for(done.model)),
+        "decoder_kept": round(pruned_counts["non_embedding"] / before["non_embedding"], 4),
+        "checkpoint_form": done.kind,
+        "checkpoint_form_reason": done.reason,
+        "layer_shapes": layer_shapes(done.model).as_dict(),
+        "calibration": calib.describe(),
+        "pruning_seconds": round(prune_seconds, 1),
+        "memory": mem.describe(),
+        "recovery": {**train_summary, "steps": opts.train.steps, "distill": opts.distill} if opts.train.steps else None,
+        **method_report,
+    }
+    return done.model, report, plan_json, history, data
+
+
+__all__ = ["PeakMemory", "PruneContext", "PruneOptions", "prune_model"]
