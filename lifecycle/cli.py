@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from lifecycle.errors import LifecycleError
-from lifecycle.options import parse_overrides  # noqa: F401  (re-exported: older code imports it from here)
+
+# Heavy modules (torch, transformers, pydantic models of every command) are imported inside the
+# command functions, so `lifecycle --help` and usage errors answer at once.
 
 app = typer.Typer(
     name="lifecycle",
@@ -25,7 +26,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True, soft_wrap=True)  # soft_wrap: an error stays on one line
+
+
+def __getattr__(name: str):
+    # Older code imports the override parser from here; it lives in lifecycle.options.
+    if name == "parse_overrides":
+        from lifecycle.options import parse_overrides
+
+        return parse_overrides
+    raise AttributeError(name)
+
+def _version(value: bool) -> None:
+    if value:
+        from lifecycle import __version__
+
+        print(f"lifecycle {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Grow, prune, quantize, continually train, merge and steer Hugging Face causal LMs; score them with lm-eval."""
+
 
 OVERRIDES_HELP = "Option overrides as key=value, dotted for nested options (train.steps=100 eval.tasks=arc_easy); `lifecycle options COMMAND` lists them all."
 
@@ -33,7 +56,7 @@ OVERRIDES_HELP = "Option overrides as key=value, dotted for nested options (trai
 def build_options(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None):
     """Flags, then ``--options FILE``, then ``key=value`` overrides, validated by the command's model."""
     from lifecycle.commands import load_all
-    from lifecycle.options import build_options as validate, deep_merge, read_options_file
+    from lifecycle.options import build_options as validate, deep_merge, parse_overrides, read_options_file
 
     cmd = load_all()[command]
     values: dict = read_options_file(options_file) if options_file is not None else {}
@@ -43,7 +66,10 @@ def build_options(command: str, flags: dict, overrides: list[str], options_file:
 
 
 def run_command(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None) -> Path:
+    from lifecycle.preflight import run_preflight
+
     cmd, opts = build_options(command, flags, overrides, options_file)
+    run_preflight(cmd, opts)  # every check that needs no work, before any work
     return cmd.run(opts)
 
 
@@ -96,7 +122,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
     deepspeed: Optional[str] = typer.Option(None, help="DeepSpeed ZeRO config JSON."),
-    num_processes: int = typer.Option(1, "--num-processes", "-n", help="Processes (re-launches under accelerate)."),
+    num_processes: int = typer.Option(1, "--num-processes", "-n", min=1, help="Processes (re-launches under accelerate)."),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -252,30 +278,27 @@ def list_commands() -> None:
         for method in methods.values():
             label = method.name + (" (experimental)" if method.experimental else "")
             table.add_row("", label, method.paper, method.summary)
+    from rich.console import Console
+
     Console(soft_wrap=True).print(table)
 
 
 def _done(out: Path) -> None:
     if os.environ.get("RANK", "0") == "0":  # under accelerate launch, only the main process reports
+        from rich.console import Console
+
         Console().print(f"[green]wrote[/green] {out}")
 
 
 def _quiet_libraries() -> None:
-    """Our rich progress bars are the only ones; library bars and info logs are noise here."""
+    """Our rich progress bars are the only ones; library bars and info logs are noise here.
+
+    Only environment variables and logger levels: importing transformers or torch here would cost
+    seconds on every `lifecycle --help`.
+    """
     import logging
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            # DeepSpeed otherwise warns on every import that it fell back to the CPU.
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    except ImportError:
-        pass
-    for name in ("DeepSpeed", "deepspeed", "accelerate", "datasets", "lm-eval", "lm_eval"):
+    for name in ("DeepSpeed", "deepspeed", "accelerate", "datasets", "lm-eval", "lm_eval", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -296,31 +319,12 @@ def set_environment_defaults() -> None:
 
 
 def main() -> None:
-    """Console entry point: one-line errors, non-zero exit, no tracebacks for user errors."""
+    """Console entry point: one error boundary (one line, non-zero exit, no traceback)."""
     set_environment_defaults()
     _quiet_libraries()
-    try:
-        app(standalone_mode=False)
-    except LifecycleError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/red]")
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and the like
-        import click
+    from lifecycle.boundary import run_guarded
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
-            console.print("[red]error:[/red] disk full")
-            sys.exit(1)
-        raise
+    sys.exit(run_guarded(app, sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -14,3 +14,21 @@ class LifecycleError(Exception):
 
 class UnsupportedArchitectureError(LifecycleError):
     """The model is not in a family that lifecycle knows how to edit."""
+
+
+class TrainingInterrupted(LifecycleError):
+    """Training stopped on SIGINT/SIGTERM after writing a resumable checkpoint."""
+
+    def __init__(self, step: int, signum: int, checkpoint: str | None, resumable: bool = True, hint: str | None = None):
+        import signal
+
+        self.step, self.signum, self.checkpoint = step, signum, checkpoint
+        self.exit_code = 128 + int(signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+        name = signal.Signals(signum).name
+        if hint:
+            message = f"interrupted ({name}) at step {step}; {hint}"
+        elif resumable:
+            message = f"interrupted ({name}) at step {step}; resume with --resume"
+        else:
+            message = f"interrupted ({name}) at step {step}; this run does not resume: run it again"
+        super().__init__(message)

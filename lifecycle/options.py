@@ -11,15 +11,34 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lifecycle.errors import LifecycleError
 
 
 class CommandOptions(BaseModel):
-    """Base for every command's options: unknown keys are rejected, values are validated on assignment."""
+    """Base for every command's options: unknown keys are rejected, values are validated on assignment.
+
+    A group given in part (``train.lr=2e-5``) is merged into the command's own defaults for that group
+    (prune's recovery settings, say), not into the group class's generic defaults.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_into_group_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        merged = None
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if isinstance(value, dict) and field.default_factory is not None:
+                default = field.default_factory()
+                if isinstance(default, BaseModel):
+                    merged = merged if merged is not None else dict(data)
+                    merged[name] = deep_merge(default.model_dump(), value)
+        return merged if merged is not None else data
 
 
 def split_csv(value: Any) -> Any:
@@ -40,6 +59,24 @@ class EvalAfter(CommandOptions):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return split_csv(value)
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        return check_limit(value)
+
+
+def check_limit(value: Any) -> Any:
+    """lm-eval's ``limit``: a whole number of items (>= 1) or a fraction of each task (< 1)."""
+    if isinstance(value, str):
+        value = float(value) if value.strip() else None
+    if isinstance(value, float) and value >= 1:
+        if not value.is_integer():
+            raise ValueError(f"limit {value:g} is neither a whole number of items nor a fraction below 1")
+        return int(value)
+    if value is not None and value <= 0:
+        raise ValueError(f"limit must be positive, got {value}")
+    return value
 
 
 class TextDataOptions(CommandOptions):
@@ -165,8 +202,12 @@ def _yaml_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-def options_yaml(model_cls: type[BaseModel], indent: int = 0) -> list[str]:
-    """The options model as commented YAML: every field, its default and its description."""
+def options_yaml(model_cls: type[BaseModel], indent: int = 0, defaults: BaseModel | None = None) -> list[str]:
+    """The options model as commented YAML: every field, the default that will be used, its description.
+
+    ``defaults`` is the group's default instance when the command gives its own (prune's recovery
+    settings differ from ``TrainConfig``'s).
+    """
     from pydantic_core import PydanticUndefined
 
     lines: list[str] = []
@@ -176,10 +217,17 @@ def options_yaml(model_cls: type[BaseModel], indent: int = 0) -> list[str]:
             continue
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            group_default = None
+            if defaults is not None:
+                group_default = getattr(defaults, name, None)
+            elif field.default_factory is not None:
+                group_default = field.default_factory()
             lines.append(f"{pad}{name}:" + (f"  # {field.description}" if field.description else ""))
-            lines.extend(options_yaml(annotation, indent + 1))
+            lines.extend(options_yaml(annotation, indent + 1, group_default if isinstance(group_default, BaseModel) else None))
             continue
-        if field.default is not PydanticUndefined:
+        if defaults is not None:
+            default = getattr(defaults, name)
+        elif field.default is not PydanticUndefined:
             default = field.default
         elif field.default_factory is not None:
             default = field.default_factory()

@@ -173,3 +173,52 @@ steps:
                            "  - {name: both, command: stub_combine, models: [steps.nope, x]}\n")
     with pytest.raises(LifecycleError, match="models: steps.nope names no earlier step"):
         plan_recipe(bad)
+
+
+def test_eval_steps_skip_on_rerun_and_dry_run_status_is_right(tmp_path, capsys):
+    """An eval step writes scores into its input's card; that must not make it (or its input) look new."""
+    text = CHAIN.format(out=tmp_path / "runs").split("  - name: more")[0] + (
+        "  - {name: score, command: eval, tasks: copa, limit: 4, bootstrap_iters: 0}\n")
+    recipe = _write(tmp_path, text)
+    run_recipe(recipe)
+    state = json.loads((tmp_path / "runs" / STATE_FILE).read_text())
+    assert set(state) == {"base", "score"}
+    capsys.readouterr()
+    run_recipe(recipe, dry_run=True)
+    plan = capsys.readouterr().out
+    assert plan.count("done (skip)") == 2, plan
+    run_recipe(recipe)
+    assert "skip score" in capsys.readouterr().out
+    # A changed upstream step makes the eval step run again, in the plan as in the run.
+    run_recipe(recipe, ["base.train.steps=2"], dry_run=True)
+    plan = capsys.readouterr().out
+    assert plan.count("to run") == 2 and "done (skip)" not in plan, plan
+
+
+def test_interrupted_training_step_resumes_on_rerun(tmp_path, monkeypatch):
+    """A training step stopped by a signal is recorded; the next run passes resume to that step."""
+    from lifecycle.commands import load_all
+    from lifecycle.errors import TrainingInterrupted
+
+    train_cmd = load_all()["train"]
+    seen: list[bool] = []
+    real_run = train_cmd.run
+
+    def flaky(opts):
+        seen.append(opts.resume)
+        if len(seen) == 1:
+            raise TrainingInterrupted(2, 2, None)
+        return real_run(opts)
+
+    import dataclasses
+
+    from lifecycle import commands
+
+    monkeypatch.setitem(commands.COMMANDS, "train", dataclasses.replace(train_cmd, run=flaky))
+    recipe = _write(tmp_path, CHAIN.format(out=tmp_path / "runs").split("  - name: more")[0])
+    with pytest.raises(TrainingInterrupted, match="run the recipe again to resume step 'base'"):
+        run_recipe(recipe)
+    state = json.loads((tmp_path / "runs" / STATE_FILE).read_text())
+    assert state["base"]["interrupted"] is True
+    run_recipe(recipe)
+    assert seen == [False, True]

@@ -27,6 +27,9 @@ class Command:
     # The option holding a list of input models (merging), whose items a recipe may fill with earlier
     # steps' outputs (`models: [steps.a, steps.b]`). None for commands with one input.
     models_field: str | None = None
+    # preflight(options, pending_models=False): every check that needs no work, run by the CLI and by
+    # recipes (for all steps, before the first runs). See lifecycle.preflight.
+    preflight: Callable[..., None] | None = None
 
 
 COMMANDS: dict[str, Command] = {}
@@ -36,12 +39,12 @@ COMMAND_MODULES = ("train", "eval", "grow", "prune", "push")
 
 
 def register(name: str, options: Type[CommandOptions], help: str, model_field: str | None = "model",
-             models_field: str | None = None):
+             models_field: str | None = None, preflight: Callable[..., None] | None = None):
     """Decorator: ``@register("train", TrainOptions, help=...)`` on the command's run function."""
 
     def wrap(fn: Callable[[CommandOptions], object]):
         COMMANDS[name] = Command(name=name, options=options, run=fn, help=help, model_field=model_field,
-                                 models_field=models_field)
+                                 models_field=models_field, preflight=preflight)
         return fn
 
     return wrap

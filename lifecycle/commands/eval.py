@@ -46,12 +46,10 @@ class EvalOptions(CommandOptions):
     @field_validator("limit", mode="before")
     @classmethod
     def _parse_limit(cls, value: Any) -> Any:
-        # "100" and 100.0 are item counts; 0.1 is a fraction of each task.
-        if isinstance(value, str):
-            value = float(value) if value.strip() else None
-        if isinstance(value, float) and value >= 1 and value.is_integer():
-            return int(value)
-        return value
+        # "100" and 100.0 are item counts; 0.1 is a fraction of each task; 2.5 is neither.
+        from lifecycle.options import check_limit
+
+        return check_limit(value)
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -69,7 +67,15 @@ def _default_output(spec: str) -> Path:
     return Path.cwd() / f"eval_results_{slug or 'model'}.json"
 
 
-@register("eval", EvalOptions, help="Score a model with lm-eval (offline tasks: arc_easy, lambada, wikitext, ...).")
+def preflight_eval(opts: EvalOptions, *, pending_models: bool = False) -> None:
+    from lifecycle import preflight as pf
+
+    check_task_names(opts.tasks, opts.include_path)
+    if not pending_models:
+        pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+
+
+@register("eval", EvalOptions, help="Score a model with lm-eval (offline tasks: arc_easy, lambada, wikitext, ...).", preflight=preflight_eval)
 def run_eval(opts: EvalOptions) -> Path:
     """Load, score, print a table, write the results JSON and (for checkpoints) update the card.
 

@@ -32,7 +32,26 @@ from lifecycle.methods.grow.planner import GrowthSetup, pack_data, print_plan, r
 _resolve, _pack, _Setup = resolve_growth, pack_data, GrowthSetup
 
 
-@register("grow", GrowOptions, help="Grow a model deeper: G_stack layer stacking or layer-wise growth on a frozen substrate.")
+def preflight_grow(opts: GrowOptions, *, pending_models: bool = False) -> None:
+    from lifecycle import preflight as pf
+
+    if not opts.plan:
+        pf.check_output(opts.output, overwrite=opts.overwrite)
+    pf.check_data(opts.data)
+    if opts.config is not None:
+        pf.check_preset(opts.config, opts.block_size)
+    elif not pending_models:
+        info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+        pf.check_positions(opts.block_size, info.max_positions, option="block_size")
+        layers = getattr(info.config, "num_hidden_layers", None)
+        if layers is not None and opts.target_layers is not None and opts.target_layers <= layers:
+            raise LifecycleError(f"target_layers {opts.target_layers} must exceed the source's {layers} layers (growing "
+                                 "makes a model deeper)")
+    pf.check_eval(opts.eval)
+
+
+@register("grow", GrowOptions, help="Grow a model deeper: G_stack layer stacking or layer-wise growth on a frozen substrate.",
+          preflight=preflight_grow)
 def run_grow(opts: GrowOptions) -> Path | None:
     from lifecycle.model.io import prepare_output_dir
 

@@ -20,11 +20,29 @@ import shutil
 from pathlib import Path
 
 from lifecycle.commands import register
+from lifecycle.errors import LifecycleError, TrainingInterrupted
 from lifecycle.finish import default_run_dir, finish_run
 from lifecycle.methods.prune.options import PruneOptions
 
 
-@register("prune", PruneOptions, help="Structured pruning (Adapt-Pruner, uniform Taylor, FLAP, depth) to loadable checkpoints.")
+def preflight_prune(opts: PruneOptions, *, pending_models: bool = False) -> None:
+    from lifecycle import preflight as pf
+
+    pf.check_output(opts.output, overwrite=opts.overwrite)
+    pf.check_data(opts.data)
+    pf.check_data(opts.calib_data, what="calib_data")
+    if opts.plan is not None and not Path(opts.plan).expanduser().is_file():
+        raise LifecycleError(f"plan file not found: {opts.plan}")
+    if not pending_models:
+        info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+        pf.check_positions(opts.calib_length, info.max_positions, option="calib_length")
+        if opts.train.steps > 0:
+            pf.check_positions(opts.block_size, info.max_positions, option="block_size")
+    pf.check_eval(opts.eval)
+
+
+@register("prune", PruneOptions, help="Structured pruning (Adapt-Pruner, uniform Taylor, FLAP, depth) to loadable checkpoints.",
+          preflight=preflight_prune)
 def run_prune(opts: PruneOptions) -> Path:
     from lifecycle.model.io import prepare_output_dir
 
@@ -33,6 +51,8 @@ def run_prune(opts: PruneOptions) -> Path:
     leave_run_dir = run_dir.exists()
     try:
         return _prune_and_save(opts)
+    except TrainingInterrupted as exc:  # recovery stopped cleanly, but a prune run does not resume
+        raise TrainingInterrupted(exc.step, exc.signum, None, resumable=False) from None
     finally:
         # Recovery logs live in the run folder while training; pruning is not resumable, so the
         # finished checkpoint (metrics.jsonl, loss.png) is the record and the folder goes.

@@ -23,6 +23,7 @@ class TrainOptions(TextDataOptions):
     output: str = Field(..., description="folder for the checkpoint")
     overwrite: bool = False
     resume: bool = Field(False, description="continue from the latest checkpoint in the run folder")
+    resume_strict: bool = Field(False, description="with resume: refuse to start when there is no checkpoint")
     deepspeed: str | None = Field(None, description="DeepSpeed ZeRO config JSON (recipes/deepspeed/zero2.json, zero3.json)")
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -56,13 +57,63 @@ def build_start_model(opts: TrainOptions):
     return loaded.model, loaded.tokenizer, corpus, loaded.lineage, loaded.source
 
 
-@register("train", TrainOptions, help="Pretrain from a config, or continue pretraining a checkpoint.")
+def _finished_already(opts: TrainOptions) -> bool:
+    """``--resume`` on a finished output: a no-op that says so, when its settings are these.
+
+    A finished output with other settings (beyond a longer ``train.steps``, which resume extends) is
+    refused rather than overwritten.
+    """
+    import json
+
+    from lifecycle.model.card import LINEAGE_FILE
+    from lifecycle.train.resume import differences
+
+    out = Path(opts.output).expanduser().resolve()
+    lineage_file = out / LINEAGE_FILE
+    if not lineage_file.is_file():
+        return False
+    saved = json.loads(lineage_file.read_text()).get("options") or {}
+    ignore = {"resume", "resume_strict", "overwrite"}
+    now = {k: v for k, v in opts.model_dump(mode="json").items() if k not in ignore}
+    saved = {k: v for k, v in saved.items() if k not in ignore}
+    diff = differences(saved, now)
+    if not diff:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(f"already finished: {out} has these settings; nothing to do", highlight=False)
+        return True
+    if all(d.startswith(("train.steps:", "train.schedule_steps:")) for d in diff):
+        return False  # extending the run: the engine resumes from its last checkpoint if the schedule allows
+    raise LifecycleError(f"{out} is a finished run with other settings ({'; '.join(diff)}); "
+                         "--overwrite replaces it, or use a new output folder")
+
+
+def preflight_train(opts: TrainOptions, *, pending_models: bool = False) -> None:
+    from lifecycle import preflight as pf
+
+    pf.check_output(opts.output, overwrite=opts.overwrite or opts.resume)
+    pf.check_data(opts.data)
+    if opts.config is not None:
+        pf.check_preset(opts.config, opts.block_size)
+    elif not pending_models:
+        info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+        pf.check_positions(opts.block_size, info.max_positions, option="block_size")
+    pf.check_deepspeed(opts.deepspeed)
+    pf.check_eval(opts.eval)
+    if opts.resume:
+        pf.check_resume(opts.output, opts.train)
+
+
+@register("train", TrainOptions, help="Pretrain from a config, or continue pretraining a checkpoint.",
+          preflight=preflight_train)
 def run_train(opts: TrainOptions) -> Path:
     from lifecycle.data import pack
     from lifecycle.model.card import new_lineage
     from lifecycle.model.io import prepare_output_dir
     from lifecycle.train.engine import make_accelerator, train
 
+    if opts.resume and not opts.overwrite and _finished_already(opts):
+        return Path(opts.output).expanduser().resolve()
     prepare_output_dir(opts.output, opts.overwrite or opts.resume)
     model, tokenizer, corpus, parent_lineage, parent = build_start_model(opts)
     data = pack(corpus, tokenizer, opts.block_size, val_fraction=opts.val_fraction, max_train_tokens=opts.max_train_tokens)
@@ -72,7 +123,7 @@ def run_train(opts: TrainOptions) -> Path:
         data,
         opts.train,
         default_run_dir(opts.output),
-        resume=opts.resume,
+        resume="strict" if opts.resume and opts.resume_strict else opts.resume,
         accelerator=accelerator,
         description="train",
     )

@@ -39,7 +39,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, TrainingInterrupted
+from lifecycle.preflight import run_preflight
 
 STATE_FILE = ".lifecycle-recipe.json"
 PREVIOUS = "previous"
@@ -191,10 +192,18 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
             probe[cmd.model_field] = str(output_dir / "<previous>")
         if models_refs is not None:
             probe[cmd.models_field] = [str(output_dir / f"<{r}>") if _is_ref(r) else r for r in models_refs]
+        if output is not None and "overwrite" in cmd.options.model_fields:
+            probe["overwrite"] = True  # the recipe owns its step folders
         try:
-            cmd.options.model_validate(probe)
+            probe_opts = cmd.options.model_validate(probe)
         except ValidationError as exc:
             raise LifecycleError(_error_line(exc, f"recipe {path.name}, {where}")) from None
+        pending = _is_ref(model_ref) if isinstance(model_ref, str) else False
+        pending = pending or any(_is_ref(r) for r in models_refs or [])
+        try:
+            run_preflight(cmd, probe_opts, pending_models=pending)
+        except LifecycleError as exc:
+            raise LifecycleError(f"recipe {path.name}, {where}: {exc}") from None
         planned.append(PlannedStep(name=name, command=cmd, raw=step, output=output, model_ref=model_ref,
                                    models_refs=models_refs))
         seen.add(name)
@@ -212,14 +221,27 @@ def _takes_no_model(cmd, step: dict) -> bool:
 
 
 def _model_identity(spec: str) -> str:
-    """What makes an input model 'the same' for skip decisions: its lineage and config, or its spec."""
+    """What makes an input model 'the same' for skip decisions: its lineage, config and weight files.
+
+    Scores are left out of the lineage: an eval step writes them into its input's card, and that
+    must not make the eval step (or any other reader of the model) look changed on the next run.
+    """
     folder = Path(spec)
     if folder.is_dir():
         h = hashlib.sha256()
-        for name in ("lifecycle.json", "config.json"):
-            f = folder / name
-            if f.is_file():
-                h.update(f.read_bytes())
+        lineage = folder / "lifecycle.json"
+        if lineage.is_file():
+            try:
+                data = json.loads(lineage.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                data = {"unreadable": lineage.stat().st_size}
+            data = {k: v for k, v in data.items() if k not in ("eval", "eval_settings", "evals")} if isinstance(data, dict) else data
+            h.update(json.dumps(data, sort_keys=True, default=str).encode())
+        if (folder / "config.json").is_file():
+            h.update((folder / "config.json").read_bytes())
+        for weights in sorted(folder.glob("*.safetensors")):
+            stat = weights.stat()
+            h.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
     return spec
 
@@ -291,6 +313,8 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
     for col in ("step", "command", "input", "output", "params", "status"):
         table.add_column(col)
     results: list[Path] = []
+    rerun: set[str] = set()  # steps that run this time: everything downstream of them runs too
+    last_step: str | None = None
     for step in planned:
         options = dict(step.raw)
         if step.command.model_field and step.model_ref is not None:
@@ -308,11 +332,22 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             options["overwrite"] = True  # the recipe owns its step folders
         key = _step_key(step, options)
         done = state.get(step.name, {})
+        inputs = [step.model_ref] if isinstance(step.model_ref, str) else []
+        inputs += step.models_refs or []
+        upstream_reruns = any(
+            (r == PREVIOUS and last_step in rerun) or (r.startswith("steps.") and r[len("steps."):] in rerun) for r in inputs
+        )
         complete = (
             not force
+            and not upstream_reruns
             and done.get("key") == key
+            and not done.get("interrupted")
             and (step.output is None or (step.output / "config.json").is_file())
         )
+        if not complete:
+            rerun.add(step.name)
+        if done.get("interrupted") and done.get("key") == key and "resume" in step.command.options.model_fields:
+            options["resume"] = True  # continue the interrupted attempt from its checkpoint
         input_spec = options.get(step.command.model_field) if step.command.model_field else None
         if dry_run:
             shown_input = input_spec or "-"
@@ -325,13 +360,20 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             console.rule(f"[bold]{step.name}[/bold] ({step.command.name})")
             started = time.time()
             opts = step.command.options.model_validate(options)
-            step.command.run(opts)
+            try:
+                step.command.run(opts)
+            except TrainingInterrupted as exc:
+                state[step.name] = {"key": key, "interrupted": True, "step": exc.step}
+                _write_state(output_dir, state)
+                raise TrainingInterrupted(exc.step, exc.signum, exc.checkpoint, resumable=True,
+                                          hint=f"run the recipe again to resume step '{step.name}'") from None
             state[step.name] = {"key": key, "output": str(step.output) if step.output else None,
                                 "seconds": round(time.time() - started, 1)}
             _write_state(output_dir, state)
         if step.output is not None:
             outputs[step.name] = str(step.output)
             last_output = str(step.output)
+            last_step = step.name
             results.append(step.output)
     if dry_run:
         console.print(table)

@@ -33,9 +33,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from lifecycle.data.packing import epoch_order
-from lifecycle.errors import LifecycleError
+from lifecycle.errors import LifecycleError, TrainingInterrupted
 from lifecycle.train.hooks import TrainHooks, _call_after_backward, _split_state, causal_lm_loss, place_auxiliary
 from lifecycle.train.plots import plot_loss_curve
+from lifecycle.train.resume import StopSignals, check_resume, run_identity
 from lifecycle.train.runtime import gather_plain_model, make_accelerator, rng_state, set_rng_state
 
 
@@ -104,6 +105,7 @@ class TrainResult:
 
 
 def _run_fingerprint(model: nn.Module, data: Any, cfg: TrainConfig, world: int) -> str:
+    """A short hash of the run's identity, for logs; resume checks compare :func:`run_identity` itself."""
     from lifecycle.model.card import options_hash
 
     return options_hash(
@@ -114,6 +116,13 @@ def _run_fingerprint(model: nn.Module, data: Any, cfg: TrainConfig, world: int) 
             "world": world,
         }
     )
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(message, highlight=False, markup=False)
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -164,7 +173,7 @@ def train(
     run_dir: str | Path,
     *,
     hooks: TrainHooks | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
     deepspeed_config: str | dict | None = None,
     accelerator=None,
     description: str = "training",
@@ -175,6 +184,11 @@ def train(
     ``data`` is any training set with the batch protocol of :mod:`lifecycle.data` (packed blocks or
     prompt/completion examples): ``num_train``, ``num_validation``, ``train_batch(idx)``,
     ``validation_batch(idx)``, ``epoch_order(seed, epoch)``, ``block_size`` and ``fingerprint``.
+
+    ``resume``: ``True`` continues from the latest checkpoint in ``run_dir`` if there is one (and says
+    it starts fresh otherwise); ``"strict"`` refuses to start without one. A checkpoint of another
+    run is refused, naming the settings that differ (:mod:`lifecycle.train.resume`). SIGINT/SIGTERM
+    stop after the current step with a checkpoint and :class:`~lifecycle.errors.TrainingInterrupted`.
     """
     hooks = hooks or TrainHooks()
     run_dir = Path(run_dir)
@@ -191,6 +205,7 @@ def train(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     fingerprint = _run_fingerprint(model, data, cfg, world)
+    identity = run_identity(model, data, cfg, world)
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
     tokens_per_step = global_batch * data.block_size
     num_blocks = data.num_train
@@ -204,13 +219,15 @@ def train(
     start_step, ckpt, history, hook_state = 0, None, [], None
     if resume:
         ckpt = _latest_checkpoint(run_dir)
+        if ckpt is None and resume == "strict":
+            raise LifecycleError(f"--resume: no checkpoint in {run_dir} (train.save_every > 0 writes them)")
+        if ckpt is None and is_main:
+            _say(progress, f"--resume: no checkpoint in {run_dir}; starting fresh")
         if ckpt is not None:
             state = json.loads((ckpt / "trainer_state.json").read_text())
-            if state.get("fingerprint") != fingerprint:
-                raise LifecycleError(
-                    f"checkpoint {ckpt} belongs to another run (different model, data or settings); "
-                    "use a new output folder or drop --resume"
-                )
+            check_resume(state, identity, cfg, ckpt)
+            if is_main:
+                _say(progress, f"resuming from {ckpt} (step {state['step']} of {cfg.steps})")
             if not using_deepspeed:
                 from safetensors.torch import load_model
 
@@ -286,8 +303,8 @@ def train(
                 save_file(tensors, str(tmp / "hooks.safetensors"))
         accelerator.wait_for_everyone()
         if is_main:
-            state = {"step": step, "tokens_seen": step * tokens_per_step, "fingerprint": fingerprint, "history": history,
-                     "hooks": hook_json}
+            state = {"step": step, "tokens_seen": step * tokens_per_step, "fingerprint": fingerprint, "identity": identity,
+                     "schedule_steps": cfg.schedule_steps or cfg.steps, "history": history, "hooks": hook_json}
             (tmp / "trainer_state.json").write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -330,6 +347,7 @@ def train(
         return orders[epoch]
 
     started = time.perf_counter()
+    stop = StopSignals().__enter__()
     window_start, window_tokens = time.perf_counter(), 0
     last_loss = None
     last_val = history[-1].get("val_loss") if history else None
@@ -404,7 +422,13 @@ def train(
                 progress_bar.update(task, completed=done, **fields)
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
                 save_checkpoint(done)
+            signum = stop.agreed(accelerator)
+            if signum is not None and done < cfg.steps:
+                if not (cfg.save_every and done % cfg.save_every == 0):
+                    save_checkpoint(done)
+                raise TrainingInterrupted(done, signum, str(run_dir / "checkpoints" / f"step-{done}"))
     finally:
+        stop.__exit__()
         if progress_bar is not None:
             progress_bar.stop()
     if cfg.report_to:
