@@ -186,3 +186,35 @@ def test_record_eval_on_a_folder_without_lineage(tmp_path):
     record_eval(tmp_path, {"lc_mc": {"acc,none": 0.5}})
     assert read_lineage(tmp_path)["eval"] == {"lc_mc": {"acc,none": 0.5}}
     assert ModelCard((tmp_path / "README.md").read_text()).data.eval_results[0].metric_value == 0.5
+
+
+# --- file modes --------------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_rewritten_card_and_lineage_keep_their_mode(tmp_path):
+    """mkstemp makes 0600 files; a rewrite must keep the replaced file's mode, not publish a private card."""
+    folder = _checkpoint(tmp_path / "ckpt")
+    (folder / "README.md").chmod(0o664)
+    (folder / LINEAGE_FILE).chmod(0o640)
+    record_eval(folder, {"lc_mc": {"acc,none": 0.5}})
+    assert _mode(folder / "README.md") == 0o664 and _mode(folder / LINEAGE_FILE) == 0o640
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_new_card_files_get_the_mode_open_would_give(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_model_card(tmp_path, {"command": "train"})
+        record_eval(tmp_path, {"lc_mc": {"acc,none": 0.5}})  # creates lifecycle.json
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    expected = _mode(tmp_path / "plain")
+    assert expected == 0o666 & ~umask
+    assert _mode(tmp_path / "README.md") == expected and _mode(tmp_path / LINEAGE_FILE) == expected
+

@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -255,12 +256,36 @@ def write_model_card(folder: str | Path, lineage: dict) -> None:
     _write_atomic(Path(folder) / "README.md", render_model_card(lineage))
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask has to set one)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a unique temp file in the same folder + rename: readers never see half a file,
-    and two writers never share a temp name."""
+    and two writers never share a temp name.
+
+    mkstemp creates its file 0600; the result gets the replaced file's mode instead, or for a new
+    file what a plain ``open(path, "w")`` would give (0666 less the umask).
+    """
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
