@@ -75,8 +75,9 @@ def finish_run(
         scores, settings = report.scores, report.settings
     lineage = dict(lineage)
     if scores:
-        lineage["eval"] = scores
-        lineage["eval_settings"] = settings
+        from lifecycle.model.card import add_eval_record
+
+        lineage = add_eval_record(lineage, scores, settings)
     if result is not None:
         lineage.setdefault("metrics", {}).update({
             "steps": result.steps,
@@ -93,8 +94,10 @@ def finish_run(
                 for row in rows:
                     fh.write(json.dumps(row) + "\n")
             plot_loss_curve(rows, tmp / "loss.png", title=plot_title or f"{lineage.get('command')}: {Path(output).name}")
-        if scores:
-            (tmp / "eval_results.json").write_text(json.dumps({"scores": scores, "settings": settings}, indent=2, default=str))
+        if scores:  # the same headline as the card (lifecycle.eval.harness.results_document)
+            document = {"scores": lineage.get("eval", {}), "settings": lineage.get("eval_settings", {}),
+                        "records": lineage.get("eval_records", [])}
+            (tmp / "eval_results.json").write_text(json.dumps(document, indent=2, default=str))
         if extra_files:
             _write_extra_files(tmp, extra_files)
         if write_extra is not None:

@@ -159,7 +159,11 @@ def test_record_eval_merges_scores_and_rerenders(tmp_path):
 
     lineage = read_lineage(folder)
     assert lineage["eval"] == {"lc_mc": {"acc,none": 0.75}, "lc_ppl": {"word_perplexity,none": 40.0}}
-    assert lineage["eval_settings"] == {"limit": 200, "tasks_dir": "/t"}
+    # each run keeps its own settings; the headline settings say which applies to which task
+    assert [r["limit"] for r in lineage["eval_records"]] == [None, 200, None]
+    assert lineage["eval_records"][1]["tasks_dir"] == "/t" and "tasks_dir" not in lineage["eval_records"][2]
+    assert lineage["eval_settings"]["limit"] == {"lc_mc": None, "lc_ppl": 200}
+    assert lineage["eval_settings"]["tasks_dir"] == {"lc_mc": None, "lc_ppl": "/t"}
     assert lineage["command"] == "prune" and len(lineage["history"]) == 2  # the rest is untouched
     text = (folder / "README.md").read_text()
     assert text == render_model_card(lineage)  # card and lineage agree
@@ -186,3 +190,125 @@ def test_record_eval_on_a_folder_without_lineage(tmp_path):
     record_eval(tmp_path, {"lc_mc": {"acc,none": 0.5}})
     assert read_lineage(tmp_path)["eval"] == {"lc_mc": {"acc,none": 0.5}}
     assert ModelCard((tmp_path / "README.md").read_text()).data.eval_results[0].metric_value == 0.5
+
+
+# --- file modes --------------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_rewritten_card_and_lineage_keep_their_mode(tmp_path):
+    """mkstemp makes 0600 files; a rewrite must keep the replaced file's mode, not publish a private card."""
+    folder = _checkpoint(tmp_path / "ckpt")
+    (folder / "README.md").chmod(0o664)
+    (folder / LINEAGE_FILE).chmod(0o640)
+    record_eval(folder, {"lc_mc": {"acc,none": 0.5}})
+    assert _mode(folder / "README.md") == 0o664 and _mode(folder / LINEAGE_FILE) == 0o640
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_new_card_files_get_the_mode_open_would_give(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_model_card(tmp_path, {"command": "train"})
+        record_eval(tmp_path, {"lc_mc": {"acc,none": 0.5}})  # creates lifecycle.json
+        with open(tmp_path / "plain", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    expected = _mode(tmp_path / "plain")
+    assert expected == 0o666 & ~umask
+    assert _mode(tmp_path / "README.md") == expected and _mode(tmp_path / LINEAGE_FILE) == expected
+
+
+# --- eval records and the headline -------------------------------------------------------------
+
+
+def _settings(n: dict, **extra) -> dict:
+    limit = extra.pop("limit", max(n.values()))
+    return {"tasks": list(n), "limit": limit, "n_samples": n, "num_fewshot": None, "batch_size": 8,
+            "max_length": 1024, "lm_eval_version": "0.4.13", **extra}
+
+
+def _card_rows(text: str, task: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith(f"| {task} |")]
+
+
+def test_spot_check_does_not_replace_a_larger_runs_headline():
+    lineage = new_lineage(command="train")
+    full = card_mod.add_eval_record(lineage, {"copa": {"acc": 0.60, "acc_stderr": 0.05}}, _settings({"copa": 100}), date="2026-01-01T00:00:00Z")
+    spot = card_mod.add_eval_record(full, {"copa": {"acc": 1.0}}, _settings({"copa": 3}), date="2026-01-02T00:00:00Z")
+    assert lineage.get("eval_records") is None and len(full["eval_records"]) == 1  # inputs are not modified
+    assert spot["eval"] == {"copa": {"acc": 0.60, "acc_stderr": 0.05}}
+    assert spot["eval_settings"]["limit"] == 100 and spot["eval_settings"]["n_samples"] == {"copa": 100}
+    # every run is kept with its own settings
+    assert [(r["limit"], r["n_samples"], r["date"], r["scores"]["copa"]["acc"]) for r in spot["eval_records"]] == [
+        (100, {"copa": 100}, "2026-01-01T00:00:00Z", 0.60), (3, {"copa": 3}, "2026-01-02T00:00:00Z", 1.0)]
+    for record in spot["eval_records"]:
+        assert set(card_mod.EVAL_RECORD_FIELDS) <= set(record)
+    text = render_model_card(spot)
+    scores = {(r.dataset_name, r.metric_type): r.metric_value for r in ModelCard(text).data.eval_results}
+    assert scores == {("copa", "acc"): 0.60}
+    assert _card_rows(text, "copa") == [["copa", "acc", "0.6000 ± 0.0500", "100", "2026-01-01T00:00:00Z"]]
+    assert "| 2026-01-02T00:00:00Z | copa 3 | 3 |" in text  # the spot check is listed, not headlined
+
+    # same number of items: the newer run wins; more items: the larger run wins
+    again = card_mod.add_eval_record(spot, {"copa": {"acc": 0.62}}, _settings({"copa": 100}), date="2026-01-03T00:00:00Z")
+    assert again["eval"]["copa"] == {"acc": 0.62}
+    bigger = card_mod.add_eval_record(again, {"copa": {"acc": 0.58}}, _settings({"copa": 200}))
+    assert bigger["eval"]["copa"] == {"acc": 0.58} and bigger["eval_settings"]["limit"] == 200
+
+
+def test_replace_makes_a_smaller_run_the_headline():
+    lineage = card_mod.add_eval_record({}, {"copa": {"acc": 0.6}}, _settings({"copa": 100}))
+    replaced = card_mod.add_eval_record(lineage, {"copa": {"acc": 0.9}}, _settings({"copa": 3}), replace=True)
+    assert replaced["eval"]["copa"] == {"acc": 0.9} and replaced["eval_records"][-1]["replace"] is True
+    assert "(replace)" in render_model_card(replaced)
+    # after a replace, runs compete with the replacing one again
+    small = card_mod.add_eval_record(replaced, {"copa": {"acc": 0.1}}, _settings({"copa": 2}))
+    assert small["eval"]["copa"] == {"acc": 0.9}
+    more = card_mod.add_eval_record(small, {"copa": {"acc": 0.5}}, _settings({"copa": 10}))
+    assert more["eval"]["copa"] == {"acc": 0.5}
+
+
+def test_each_task_takes_its_own_headline_with_its_own_settings():
+    lineage = card_mod.add_eval_record({}, {"copa": {"acc": 0.6}, "boolq": {"acc": 0.7}}, _settings({"copa": 100, "boolq": 100}),
+                                       date="2026-01-01T00:00:00Z")
+    lineage = card_mod.add_eval_record(lineage, {"copa": {"acc": 0.9}, "lambada": {"perplexity": 40.0}},
+                                       _settings({"copa": 5, "lambada": 5}, max_length=64), date="2026-01-02T00:00:00Z")
+    assert lineage["eval"] == {"copa": {"acc": 0.6}, "boolq": {"acc": 0.7}, "lambada": {"perplexity": 40.0}}
+    settings = lineage["eval_settings"]
+    assert settings["tasks"] == ["copa", "boolq", "lambada"]
+    assert settings["n_samples"] == {"copa": 100, "boolq": 100, "lambada": 5}
+    assert settings["max_length"] == {"copa": 1024, "boolq": 1024, "lambada": 64}  # differs: per task
+    assert settings["batch_size"] == 8  # agrees: one value
+    text = render_model_card(lineage)
+    assert _card_rows(text, "copa") == [["copa", "acc", "0.6000", "100", "2026-01-01T00:00:00Z"]]
+    assert _card_rows(text, "lambada") == [["lambada", "perplexity", "40.0000", "5", "2026-01-02T00:00:00Z"]]
+
+
+def test_old_eval_keys_render_and_become_records():
+    """finish_run (and lineages written before records) set only eval / eval_settings."""
+    old = new_lineage(command="train")
+    old["eval"] = {"copa": {"acc": 0.6}, "boolq": {"acc": 0.7}}
+    old["eval_settings"] = _settings({"copa": 100})  # the last run covered copa only
+    text = render_model_card(old)
+    assert _card_rows(text, "copa") == [["copa", "acc", "0.6000", "100", "-"]]
+    assert _card_rows(text, "boolq") == [["boolq", "acc", "0.7000", "-", "-"]]
+    assert "Settings: `" in text
+    assert {(r.dataset_name, r.metric_value) for r in ModelCard(text).data.eval_results} == {("copa", 0.6), ("boolq", 0.7)}
+
+    new = card_mod.add_eval_record(old, {"copa": {"acc": 1.0}, "boolq": {"acc": 0.1}}, _settings({"copa": 3, "boolq": 3}))
+    assert new["eval"] == {"copa": {"acc": 0.6}, "boolq": {"acc": 0.1}}  # boolq had no known count: a counted run wins
+    legacy = [r for r in new["eval_records"] if r.get("legacy")]
+    assert [sorted(r["scores"]) for r in legacy] == [["boolq"], ["copa"]]
+    assert legacy[1]["limit"] == 100 and legacy[0]["limit"] is None  # the old settings only go with the tasks they name
+
+
+def test_record_eval_writes_extra_files_from_the_new_lineage(tmp_path):
+    folder = _checkpoint(tmp_path / "ckpt")
+    lineage = record_eval(folder, {"copa": {"acc": 0.5}}, _settings({"copa": 4}),
+                          extra=lambda lin: {"eval_results.json": json.dumps({"scores": lin["eval"]})})
+    assert json.loads((folder / "eval_results.json").read_text()) == {"scores": lineage["eval"]} == {"scores": read_lineage(folder)["eval"]}

@@ -255,3 +255,163 @@ def test_cli_eval_include_path(tiny_checkpoint, cli_runner, tmp_path):
                            "--include-path", str(tasks), "-o", str(tmp_path / "r.json"))
     assert code == 0, out
     assert "my_parity" in json.loads((tmp_path / "r.json").read_text())["scores"]
+
+
+# --- recording: the checkpoint's card and eval_results.json agree; outputs checked before the load ---
+
+
+def _run_eval(monkeypatch, cwd, **options):
+    from lifecycle.commands import load_all
+    from lifecycle.commands.eval import EvalOptions
+
+    monkeypatch.chdir(cwd)
+    opts = EvalOptions(**{"tasks": "copa", "max_length": 64, "bootstrap_iters": 0, **options})
+    return load_all()["eval"].run(opts)
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    """Temp files (ours: `.NAME.*.tmp`, `.lifecycle-write-check-*`; the old bug: `NAME.tmp`)."""
+    return [str(p) for folder in folders for p in folder.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".")]
+
+
+def test_output_path_also_updates_the_checkpoint_results(tiny_checkpoint, monkeypatch, tmp_path):
+    (tiny_checkpoint / "README.md").chmod(0o644)
+    (tiny_checkpoint / "lifecycle.json").chmod(0o640)
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=3)
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=2, output=str(tmp_path / "r.json"))
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=2, output=str(out_dir))
+
+    own = (tiny_checkpoint / "eval_results.json").read_text()
+    assert (out_dir / "eval_results.json").read_text() == own  # an existing folder gets <folder>/eval_results.json
+    assert not (tmp_path / "results.tmp").exists() and _leftovers(tmp_path, out_dir, tiny_checkpoint) == []
+    lineage = json.loads((tiny_checkpoint / "lifecycle.json").read_text())
+    saved = json.loads(own)
+    assert len(lineage["eval_records"]) == 3 and saved["records"] == lineage["eval_records"]
+    assert saved["scores"] == lineage["eval"] and saved["settings"] == lineage["eval_settings"]
+    from lifecycle.model.card import render_model_card
+
+    assert (tiny_checkpoint / "README.md").read_text() == render_model_card(lineage)
+    r_json = json.loads((tmp_path / "r.json").read_text())
+    assert r_json["records"] == lineage["eval_records"][:2]  # -o got the folder's file as it was after run 2
+    # rewrites keep the files' modes (mkstemp would make them 0600)
+    assert (tiny_checkpoint / "README.md").stat().st_mode & 0o777 == 0o644
+    assert (tiny_checkpoint / "lifecycle.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_spot_check_keeps_the_headline_of_the_larger_run(tiny_checkpoint, monkeypatch, tmp_path):
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=4)
+    first = json.loads((tiny_checkpoint / "lifecycle.json").read_text())
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=2)
+    lineage = json.loads((tiny_checkpoint / "lifecycle.json").read_text())
+    assert lineage["eval"] == first["eval"] and lineage["eval_settings"]["n_samples"] == {"copa": 4}
+    assert [(r["limit"], r["n_samples"]) for r in lineage["eval_records"]] == [(4, {"copa": 4}), (2, {"copa": 2})]
+    record = lineage["eval_records"][1]
+    assert record["max_length"] == 64 and record["batch_size"] == 8 and record["lm_eval_version"]
+    assert record["date"].endswith("Z") and record["tasks"] == ["copa"] and "acc" in record["scores"]["copa"]
+    card = (tiny_checkpoint / "README.md").read_text()
+    assert f"| 4 | {lineage['eval_records'][0]['date']} |" in card
+    saved = json.loads((tiny_checkpoint / "eval_results.json").read_text())
+    assert saved["scores"] == lineage["eval"]  # the folder's results agree with the card
+
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=2, replace_scores=True)
+    lineage = json.loads((tiny_checkpoint / "lifecycle.json").read_text())
+    assert lineage["eval_settings"]["n_samples"] == {"copa": 2} and lineage["eval_records"][-1]["replace"] is True
+
+
+def test_write_card_false_leaves_the_checkpoint_alone(tiny_checkpoint, monkeypatch, tmp_path):
+    before = {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()}
+    _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), limit=2, write_card=False)
+    assert {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()} == before
+    (written,) = tmp_path.glob("eval_results_*.json")
+    assert json.loads(written.read_text())["settings"]["n_samples"] == {"copa": 2}
+
+
+def _no_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the output path was checked")
+
+
+def _really_unwritable(folder: Path) -> bool:
+    try:
+        probe = folder / ".lifecycle-probe"
+        probe.write_text("")
+        probe.unlink()
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("where", ["under_file", "etc_passwd", "sys", "proc", "no_permission", "read_only_fs", "is_folder"])
+def test_unwritable_output_fails_before_the_model_load(where, tiny_checkpoint, monkeypatch, tmp_path):
+    import errno
+    import tempfile
+
+    import lifecycle.model.io
+
+    monkeypatch.setattr(lifecycle.model.io, "load_model", _no_load)
+    monkeypatch.setattr(harness, "evaluate", _no_load)
+    (tmp_path / "a_file").write_text("x")
+    output = {"under_file": tmp_path / "a_file" / "sub" / "r.json", "etc_passwd": Path("/etc/passwd/x"),
+              "sys": Path("/sys/lifecycle-test/r.json"), "proc": Path("/proc/lifecycle-test.json"),
+              "no_permission": tmp_path / "locked" / "new" / "r.json", "read_only_fs": tmp_path / "ro" / "r.json",
+              "is_folder": tmp_path / "dir"}[where]
+    expected = {"under_file": "is a file, not a folder", "etc_passwd": "is a file, not a folder", "is_folder": "is a folder"}
+    if where == "no_permission":
+        (tmp_path / "locked").mkdir(mode=0o500)
+        if not _really_unwritable(tmp_path / "locked"):
+            pytest.skip("running as root: a 0500 folder is writable")
+    if where in ("sys", "proc") and not _really_unwritable(output.parent):
+        pytest.skip(f"{output.parent} is writable here")
+    if where == "read_only_fs":
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    if where == "is_folder":
+        (output / "eval_results.json").mkdir(parents=True)
+    with pytest.raises(LifecycleError) as err:
+        _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), output=str(output))
+    message = str(err.value)
+    assert "\n" not in message and "cannot write results to" in message
+    assert expected.get(where, "is not writable") in message, message
+    assert not list((tmp_path).glob("**/.lifecycle-write-check-*"))
+
+
+def test_read_only_checkpoint_fails_before_the_model_load(tiny_checkpoint, monkeypatch, tmp_path):
+    import lifecycle.model.io
+
+    monkeypatch.setattr(lifecycle.model.io, "load_model", _no_load)
+    real = harness.check_writable_output
+
+    def checkpoint_read_only(path, hint=""):
+        if Path(path).parent == tiny_checkpoint.resolve():
+            raise LifecycleError(f"cannot write results to {path}: read-only; {hint}")
+        return real(path, hint)
+
+    import lifecycle.commands.eval as eval_cmd
+
+    monkeypatch.setattr(eval_cmd, "check_writable_output", checkpoint_read_only)
+    with pytest.raises(LifecycleError, match="write_card=false"):
+        _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), output=str(tmp_path / "r.json"))
+    with pytest.raises(AssertionError, match="loaded before"):  # nothing to write there: on to the load
+        _run_eval(monkeypatch, tmp_path, model=str(tiny_checkpoint), output=str(tmp_path / "r.json"), write_card=False)
+
+
+def test_to_json_into_an_existing_folder_leaves_no_temp_file(tmp_path):
+    report = EvalReport(scores={"copa": {"acc": 0.5}}, settings={"limit": 2})
+    (tmp_path / "out").mkdir()
+    assert report.to_json(tmp_path / "out") == tmp_path / "out" / "eval_results.json"
+    assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["scores"] == {"copa": {"acc": 0.5}}
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["eval_results.json", "out"]
+
+
+def test_cli_unwritable_output_is_one_line(tiny_checkpoint, cli_runner, tmp_path, monkeypatch):
+    # cli_runner starts `python -m lifecycle` in tmp_path: without this the venv's editable install
+    # (another checkout) would be imported instead of the code under test
+    repo = str(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    code, out = cli_runner("eval", "--model", str(tiny_checkpoint), "--tasks", "copa", "-o", "/etc/passwd/x", cwd=tmp_path)
+    assert code != 0 and "Traceback" not in out
+    assert "cannot write results to /etc/passwd/x: /etc/passwd is a file, not a folder" in out
+    assert not (tiny_checkpoint / "eval_results.json").exists()

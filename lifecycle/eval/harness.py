@@ -148,13 +148,12 @@ class EvalReport:
         return {"scores": self.scores, "settings": self.settings, "lm_eval": self.raw}
 
     def to_json(self, path: str | Path) -> Path:
-        """Write scores, settings and the raw lm-eval results (atomically) and return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        os.replace(tmp, path)
-        return path
+        """Write scores, settings and the raw lm-eval results (atomically) and return the path.
+
+        An existing folder gets ``<folder>/eval_results.json``. The file is written through a unique
+        temp file beside it (removed on failure) and keeps the mode of the file it replaces.
+        """
+        return _write_results(path, json.dumps(self.to_dict(), indent=2, default=str))
 
     def print_table(self, console: Any = None, title: str | None = None) -> None:
         """One row per (task, metric) with ± stderr and the number of items scored."""
@@ -322,6 +321,78 @@ def evaluate(
 # helpers for commands that score their own output
 
 
+def results_path(path: str | Path) -> Path:
+    """Where results for ``path`` go: ``<path>/eval_results.json`` for an existing folder (or a path
+    written with a trailing slash), else ``path`` itself."""
+    text = str(path)
+    target = Path(text).expanduser()
+    # os.path.isdir, unlike Path.is_dir on Python 3.11, never raises (EACCES: the write check reports it)
+    if os.path.isdir(target) or text.endswith(("/", os.sep)):
+        return target / EVAL_RESULTS_FILE
+    return target
+
+
+def check_writable_output(path: str | Path, hint: str = "") -> Path:
+    """Fail early, with a one-line :class:`LifecycleError`, if results cannot be written to ``path``.
+
+    Called before the (slow) model load and evaluation. Catches a path under an existing file
+    (``/etc/passwd/x``), a target that is a folder, and a location where no file can be created
+    (read-only filesystem, no permission, /proc): a probe file is created and removed in the nearest
+    existing folder, so the check asks the filesystem rather than guessing from mode bits (root
+    passes permission checks that a read-only mount still refuses). Returns the file path to write.
+    """
+    target = results_path(path)
+    suffix = f"; {hint}" if hint else ""
+    if os.path.isdir(target):
+        raise LifecycleError(f"cannot write results to {target}: it is a folder{suffix}")
+    ancestor = target.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not os.path.isdir(ancestor):
+        what = "a file, not a folder" if os.path.isfile(ancestor) else "not a folder"
+        raise LifecycleError(f"cannot write results to {target}: {ancestor} is {what}{suffix}")
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".lifecycle-write-check-", dir=ancestor)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise LifecycleError(f"cannot write results to {target}: {ancestor} is not writable ({reason}){suffix}") from exc
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def _write_results(path: str | Path, text: str) -> Path:
+    from lifecycle.model.card import write_text_atomic
+
+    target = results_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, text)
+    return target
+
+
+def manages_card(folder: str | Path) -> bool:
+    """True for a lifecycle checkpoint (has ``lifecycle.json``) or a folder without any README.md;
+    a plain Hugging Face folder with its own card (a downloaded model) is never rewritten."""
+    from lifecycle.model.card import LINEAGE_FILE
+
+    folder = Path(folder)
+    return (folder / LINEAGE_FILE).is_file() or not (folder / "README.md").is_file()
+
+
+def results_document(report: EvalReport, lineage: dict) -> dict[str, Any]:
+    """``eval_results.json`` of a checkpoint whose card is kept: the same ``scores`` (the headline)
+    and ``settings`` (``eval_settings``) as the card, every run in ``records``, and lm-eval's raw
+    results of this run (the last record) under ``lm_eval``."""
+    return {
+        "scores": lineage.get("eval", {}),
+        "settings": lineage.get("eval_settings", {}),
+        "records": lineage.get("eval_records", []),
+        "lm_eval": report.raw,
+    }
+
+
 def score_and_record(
     model: Any,
     tokenizer: Any,
@@ -330,41 +401,57 @@ def score_and_record(
     limit: int | float | None = None,
     *,
     write_card: bool = True,
+    replace_scores: bool = False,
     console: Any = None,
     **kwargs: Any,
 ) -> EvalReport | None:
     """Score a just-written checkpoint with its in-memory model and store the result beside it.
 
-    Writes ``<out_dir>/eval_results.json`` and, when ``write_card`` and the folder is a lifecycle
-    checkpoint (has ``lifecycle.json``) or has no README yet, merges the scores into the model card.
-    ``kwargs`` go to :func:`evaluate` (batch_size, max_length, num_fewshot, ...). No tasks -> None.
+    When ``write_card`` and the folder's card is ours (:func:`manages_card`), the run is added to the
+    lineage and card (:func:`record_scores`) and ``<out_dir>/eval_results.json`` is rewritten to agree
+    with them; otherwise ``eval_results.json`` holds this run alone. ``replace_scores``: see
+    :func:`lifecycle.model.card.add_eval_record`. ``kwargs`` go to :func:`evaluate` (batch_size,
+    max_length, num_fewshot, ...). No tasks -> None.
     """
     names = parse_task_list(tasks or [])
     if not names:
         return None
     out = Path(out_dir)
     report = evaluate(model, tokenizer, names, limit=limit, **kwargs)
-    report.to_json(out / EVAL_RESULTS_FILE)
-    if write_card:
-        record_scores(out, report)
+    if not (write_card and record_scores(out, report, replace=replace_scores)):
+        report.to_json(out / EVAL_RESULTS_FILE)
     if console is not None:
         report.print_table(console, title=f"lm-eval: {out}")
     return report
 
 
-def record_scores(folder: str | Path, report: EvalReport) -> bool:
-    """Merge scores into the folder's lineage and card; returns False when the card was left alone.
+def record_scores(
+    folder: str | Path, report: EvalReport, *, replace: bool = False, copies: Iterable[str | Path] = ()
+) -> bool:
+    """Add the run to the folder's lineage and card, and rewrite its ``eval_results.json`` to match;
+    returns False (and writes nothing) when the card is not ours (see :func:`manages_card`).
 
-    A plain Hugging Face folder with its own README.md (a downloaded model) keeps its card: only
-    lifecycle checkpoints, or folders with no card at all, get one rendered.
+    ``lifecycle.json``, ``README.md`` and ``eval_results.json`` are all rendered before any is
+    replaced. ``copies``: more paths (a folder means ``<folder>/eval_results.json``) that get the
+    same ``eval_results.json`` text, written after the folder's files.
     """
-    from lifecycle.model.card import LINEAGE_FILE, record_eval
+    from lifecycle.model.card import record_eval
 
     folder = Path(folder)
-    if not (folder / LINEAGE_FILE).is_file() and (folder / "README.md").is_file():
+    if not manages_card(folder):
         return False
-    card_settings = {k: v for k, v in report.settings.items() if k not in ("task_versions", "data_dir")}
-    record_eval(folder, report.scores, card_settings)
+    card_settings = {k: v for k, v in report.settings.items() if k != "data_dir"}
+    texts: dict[str, str] = {}
+
+    def results_file(lineage: dict) -> dict[str, str]:
+        texts["results"] = json.dumps(results_document(report, lineage), indent=2, default=str)
+        return {EVAL_RESULTS_FILE: texts["results"]}
+
+    record_eval(folder, report.scores, card_settings, replace=replace, extra=results_file)
+    own = (folder / EVAL_RESULTS_FILE).resolve()
+    for copy in copies:
+        if results_path(copy).resolve() != own:
+            _write_results(copy, texts["results"])
     return True
 
 
@@ -374,17 +461,22 @@ def evaluate_folder(
     limit: int | float | None = None,
     *,
     write_card: bool = True,
+    replace_scores: bool = False,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     console: Any = None,
     **kwargs: Any,
 ) -> EvalReport:
-    """Load a checkpoint folder, score it, and store the results beside it (see score_and_record)."""
+    """Load a checkpoint folder, score it, and store the results beside it (see score_and_record).
+
+    The folder is checked for writability before the model is loaded."""
     from lifecycle.model.io import load_model
 
+    check_writable_output(Path(path) / EVAL_RESULTS_FILE)
     loaded = load_model(str(path), allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     report = score_and_record(
-        loaded.model, loaded.tokenizer, path, tasks, limit, write_card=write_card, console=console, **kwargs
+        loaded.model, loaded.tokenizer, path, tasks, limit, write_card=write_card, replace_scores=replace_scores,
+        console=console, **kwargs
     )
     assert report is not None
     return report
