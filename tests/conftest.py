@@ -96,6 +96,14 @@ def tiny_checkpoint(tmp_path, tiny_model, tiny_tokenizer):
     return save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "tiny-ckpt", lineage={"command": "test"})
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment for CLI subprocesses: this checkout's code first, whatever the working directory
+    (an editable install may point at another checkout)."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
 @pytest.fixture
 def cli_runner():
     """Run the CLI in-process; returns (exit_code, combined output)."""
@@ -109,7 +117,7 @@ def cli_runner():
             text=True,
             cwd=cwd,
             timeout=timeout,
-            env=dict(os.environ),
+            env=cli_env(),
         )
         return proc.returncode, proc.stdout + proc.stderr
 

@@ -188,7 +188,9 @@ def test_bad_input_fails_cleanly(row, inputs, tmp_path):
     before = _listing(tmp_path)
     input_root = inputs["ckpt"].parent
     inputs_before = _listing(input_root)
-    env = dict(os.environ, COLUMNS="200")
+    from conftest import cli_env
+
+    env = cli_env(COLUMNS="200")
     proc = subprocess.run([sys.executable, "-m", "lifecycle", *argv], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     out = proc.stdout + proc.stderr
