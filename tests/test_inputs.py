@@ -20,9 +20,12 @@ import torch
 import lifecycle.model.io as io
 from lifecycle.errors import LifecycleError, UnsupportedArchitectureError
 from lifecycle.model.io import (
+    check_output_creatable,
     inspect_model,
     load_model,
+    prepare_output_dir,
     read_safetensors_header,
+    save_checkpoint,
 )
 
 from conftest import make_tiny_model
@@ -322,6 +325,105 @@ def test_builtin_smollm2_config_matches_transformers():
     info = inspect_model("smollm2")
     slow = AutoConfig.from_pretrained(info.location, gguf_file=info.gguf_file)
     assert info.config.to_dict() == slow.to_dict()
+
+
+# -- check_output_creatable ------------------------------------------------------------------------
+
+
+def test_output_under_a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    out = tmp_path / "notes.txt" / "sub" / "model"
+    with pytest.raises(LifecycleError) as info:
+        check_output_creatable(out)
+    assert one_line(info) == f"output {out}: {tmp_path / 'notes.txt'} is a file; choose an output outside it"
+    with pytest.raises(LifecycleError, match="is a file"):
+        prepare_output_dir(out, overwrite=False)  # used to be NotADirectoryError from mkdir
+    with pytest.raises(LifecycleError, match="is a file; choose a folder name"):
+        check_output_creatable(tmp_path / "notes.txt", overwrite=True)
+
+
+@pytest.mark.parametrize("where", ["/sys/lifecycle-test-out", "/proc/lifecycle-test-out/model"])
+def test_output_where_folders_cannot_be_created(where):
+    """Root ignores permission bits, but sysfs and procfs refuse new folders even to root."""
+    assert not Path(where).exists()
+    with pytest.raises(LifecycleError, match=r"cannot create a folder in /(sys|proc)\b.*choose a writable location") as info:
+        check_output_creatable(where)
+    one_line(info)
+    assert not Path(where).exists()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_output_on_read_only_or_forbidden_filesystem(tmp_path, monkeypatch, code):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    with pytest.raises(LifecycleError) as info:
+        check_output_creatable(tmp_path / "a" / "b" / "out")
+    assert one_line(info) == (
+        f"output {tmp_path / 'a' / 'b' / 'out'}: cannot create a folder in {tmp_path / 'a' / 'b'} "
+        f"({os.strerror(code)}); choose a writable location"
+    )
+    assert list(tmp_path.iterdir()) == []  # the parents it made for the check are gone again
+
+
+def test_output_check_leaves_nothing_and_respects_overwrite(tmp_path, tiny_checkpoint):
+    check_output_creatable(tmp_path / "new" / "deeper" / "out")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(LifecycleError) as info:
+        check_output_creatable(tiny_checkpoint)
+    assert one_line(info) == f"output folder {tiny_checkpoint} exists (pass --overwrite to replace it)"
+    check_output_creatable(tiny_checkpoint, overwrite=True)
+    assert sorted(p.name for p in tiny_checkpoint.parent.iterdir() if p.name.startswith(".")) == []
+
+
+# -- save_checkpoint interrupted -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["save_pretrained", "write_extra", "verify"])
+def test_ctrl_c_during_save_leaves_nothing(tmp_path, tiny_model, tiny_tokenizer, monkeypatch, when):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if when == "save_pretrained":
+        monkeypatch.setattr(tiny_model, "save_pretrained", interrupt)
+    elif when == "verify":
+        monkeypatch.setattr(io, "verify_reload", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "out",
+                        write_extra=interrupt if when == "write_extra" else None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_during_the_swap_keeps_the_old_checkpoint(tiny_checkpoint, tiny_model, tiny_tokenizer, monkeypatch):
+    real = os.replace
+    calls = []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the old checkpoint moved aside, the new one not yet in place
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    before = (tiny_checkpoint / "model.safetensors").read_bytes()
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tiny_model, tiny_tokenizer, tiny_checkpoint, overwrite=True, lineage={"command": "new"})
+    monkeypatch.setattr(io.os, "replace", real)
+    assert (tiny_checkpoint / "model.safetensors").read_bytes() == before
+    assert json.loads((tiny_checkpoint / "lifecycle.json").read_text())["command"] == "test"
+    assert sorted(p.name for p in tiny_checkpoint.parent.iterdir()) == [tiny_checkpoint.name]
+
+
+def test_system_exit_during_save_leaves_nothing(tmp_path, tiny_model, tiny_tokenizer):
+    def leave(_tmp):
+        raise SystemExit(3)
+
+    with pytest.raises(SystemExit):
+        save_checkpoint(tiny_model, tiny_tokenizer, tmp_path / "out", write_extra=leave)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- through the CLI -------------------------------------------------------------------------------

@@ -731,12 +731,59 @@ def load_model(
     return LoadedModel(model=model, tokenizer=tokenizer, source=info.source, lineage=info.lineage)
 
 
+def _exists_message(out: Path) -> str:
+    return f"output folder {out} exists (pass --overwrite to replace it)"
+
+
+def check_output_creatable(path: str | Path, *, overwrite: bool = False) -> None:
+    """Fail early (before any work) unless the output folder ``path`` can be written.
+
+    Checked the way a save will write it: a temporary sibling folder is created next to it (with
+    any missing parent folders) and removed again, so nothing is left behind. One-line errors for
+    an output that exists (without ``overwrite``) or is a file, a path under a file, and a location
+    where folders cannot be created (read-only file system, no permission).
+    """
+    out = Path(path).expanduser().resolve()
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise LifecycleError(f"output {out}: {out} is a file; choose a folder name")
+        if not overwrite:
+            raise LifecycleError(_exists_message(out))
+    missing: list[Path] = []
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        missing.append(ancestor)
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LifecycleError(f"output {out}: {ancestor} is a file; choose an output outside it")
+    created: list[Path] = []
+    where = ancestor
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+            where = folder
+        where = out.parent
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise LifecycleError(f"output {out}: cannot create a folder in {where} ({reason}); choose a writable location") from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
 def prepare_output_dir(out_dir: str | Path, overwrite: bool) -> Path:
-    """Fail early (before any work) if the output exists and overwrite was not asked for."""
+    """Fail early (before any work) if the output cannot be written; create its parent folder."""
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise LifecycleError(f"output folder {out} exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_output_creatable(out, overwrite=overwrite)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LifecycleError(f"output {out}: cannot create {out.parent} ({exc.strerror or exc}); choose a writable location") from None
     return out
 
 
@@ -744,6 +791,21 @@ def _disk_error(exc: OSError, out: Path) -> LifecycleError:
     if exc.errno == errno.ENOSPC:
         return LifecycleError(f"disk full while writing {out}; nothing was written")
     return LifecycleError(f"cannot write {out}: {exc.strerror or exc}")
+
+
+def _undo_save(tmp: Path | None, trash: Path | None, out: Path) -> None:
+    """Remove a save's temporary folder; put a replaced checkpoint back if the swap was cut short."""
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if trash is not None:
+        old = trash / "old"
+        if old.exists() and not out.exists():
+            try:
+                os.replace(old, out)
+            except OSError:
+                pass
+        if out.exists():  # restored, or the new checkpoint was already in place: the trash can go
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -761,13 +823,17 @@ def save_checkpoint(
 
     ``write_extra(tmp_dir)`` may add files (metrics, plots, eval results) before the rename.
     The model card (README.md) is rendered from ``lineage`` by :mod:`lifecycle.model.card`.
+    Whatever stops the save (an error, Ctrl-C, ``SystemExit``) removes the temporary folder, and a
+    checkpoint being replaced stays in place unless the new one is complete.
     """
     from lifecycle.model.card import write_model_card
 
     out = prepare_output_dir(out_dir, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint folder should be readable like any other
+    tmp: Path | None = None
+    trash: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint folder should be readable like any other
         to_save = model
         model.save_pretrained(tmp, max_shard_size="5GB")
         if tokenizer is not None:
@@ -786,16 +852,20 @@ def save_checkpoint(
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / "old")
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise _disk_error(exc, out) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, out)
+        tmp = None
+    except BaseException as exc:  # Ctrl-C and SystemExit too: never leave a half-written folder
+        for _ in range(3):  # a second Ctrl-C during the clean-up must not stop it
+            try:
+                _undo_save(tmp, trash, out)
+                break
+            except KeyboardInterrupt:
+                continue
+        if isinstance(exc, OSError):
+            raise _disk_error(exc, out) from None
         raise
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
     return out
 
 
