@@ -426,6 +426,96 @@ def test_system_exit_during_save_leaves_nothing(tmp_path, tiny_model, tiny_token
     assert list(tmp_path.iterdir()) == []
 
 
+# -- data ------------------------------------------------------------------------------------------
+
+
+def test_text_must_be_utf8_unless_encoding_named(tmp_path):
+    from lifecycle.data import load_corpus
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("line one\ncaf\u00e9 au lait\n".encode("latin-1"))
+    with pytest.raises(LifecycleError) as info:
+        load_corpus(str(latin))
+    assert one_line(info) == (
+        f"{latin} is not UTF-8 text: byte 12 (line 2) is 0xe9; "
+        "re-encode it as UTF-8, or name its encoding (load_corpus(spec, encoding='latin-1'))"
+    )
+    assert load_corpus(str(latin), encoding="latin-1").train == ["line one\ncaf\u00e9 au lait\n"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_bytes('{"text": "na\u00efve"}\n'.encode("latin-1"))
+    with pytest.raises(LifecycleError, match=r"rows\.jsonl is not UTF-8 text: byte 12 \(line 1\).*encoding='latin-1'"):
+        load_corpus(str(rows))
+    assert load_corpus(str(rows), encoding="latin-1").train == ["na\u00efve"]
+    with pytest.raises(LifecycleError, match="unknown text encoding 'klingon'"):
+        load_corpus(str(latin), encoding="klingon")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.txt").write_text("fine\n")
+    shutil.copy(latin, folder / "b.txt")
+    with pytest.raises(LifecycleError, match=r"mixed/b\.txt is not UTF-8 text"):
+        load_corpus(str(folder))
+
+
+def test_binary_and_special_files_are_refused(tmp_path):
+    from lifecycle.data import load_corpus
+
+    png = tmp_path / "image.txt"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(LifecycleError) as info:
+        load_corpus(str(png))
+    assert one_line(info) == (
+        f"{png} is a binary file, not text (a NUL byte at offset 8); give text (.txt, .jsonl) or .parquet files"
+    )
+    blob = tmp_path / "blob.jsonl"
+    blob.write_bytes(b'{"text": "a"}\n\x00\x01\x02')
+    with pytest.raises(LifecycleError, match=r"blob\.jsonl is a binary file"):
+        load_corpus(str(blob))
+    with pytest.raises(LifecycleError, match="/dev/null is not a regular file"):
+        load_corpus("/dev/null")
+
+
+def test_utf8_text_reads_exactly_as_before(tmp_path):
+    """Strict decoding keeps the lenient reader's text (BOM kept, newlines translated): same fingerprints."""
+    from lifecycle.data import load_corpus
+    from lifecycle.data.sources import Corpus
+
+    text = "\ufeffwindows\r\nold mac\rplain\n\u65e5\u672c \u2028 caf\u00e9\r\n"
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(text.encode("utf-8"))
+    before = path.read_text(encoding="utf-8", errors="replace")
+    corpus = load_corpus(str(path))
+    assert corpus.train == [before]
+    assert corpus.fingerprint() == Corpus("x", [before]).fingerprint()
+
+
+def test_corrupt_parquet_is_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lifecycle.data import load_corpus
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": ["alpha " * 200] * 50}), good)
+    data = good.read_bytes()
+    for name, blob in [("empty.parquet", b""), ("half.parquet", data[: len(data) // 2]), ("text.parquet", b"hello")]:
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(LifecycleError, match=rf"{name} is not a readable parquet file \(.*\); re-export it") as info:
+            load_corpus(str(tmp_path / name))
+        one_line(info)
+
+
+def test_corrupt_block_cache_is_rebuilt(tiny_corpus, tiny_tokenizer):
+    from lifecycle.data import pack
+    from lifecycle.paths import cache_dir
+
+    data = pack(tiny_corpus, tiny_tokenizer, 48, val_fraction=0.1)
+    cached = cache_dir() / "blocks" / f"{data.fingerprint}.safetensors"
+    assert cached.is_file()
+    cached.write_bytes(cached.read_bytes()[:50])
+    again = pack(tiny_corpus, tiny_tokenizer, 48, val_fraction=0.1)
+    assert torch.equal(again.train, data.train) and torch.equal(again.validation, data.validation)
+
+
 # -- through the CLI -------------------------------------------------------------------------------
 
 
