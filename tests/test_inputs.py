@@ -516,6 +516,31 @@ def test_corrupt_block_cache_is_rebuilt(tiny_corpus, tiny_tokenizer):
     assert torch.equal(again.train, data.train) and torch.equal(again.validation, data.validation)
 
 
+# -- plan files ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", r"is a binary file \(a NUL byte at offset 8\), not YAML/JSON"),
+        ("num_key_value_heads: [2, 2]  # caf\u00e9".encode("latin-1"), r"is not UTF-8 text: byte \d+ \(line 1\) is 0xe9"),
+        (b"num_key_value_heads: [2, 2\nintermediate_size: {", r"is not valid YAML/JSON \(.* at line \d+, column \d+\)"),
+        (b'{"num_key_value_heads": [2, 2]', r"is not valid YAML/JSON"),
+        (b"num_attention_heads: 4", r"num_attention_heads must list 2 integers"),
+        (b"drop_layers: [true]", r"drop_layers must be a list of layer indices"),
+    ],
+)
+def test_bad_plan_file_is_one_line(tmp_path, tiny_tokenizer, content, pattern):
+    from lifecycle.methods.prune.plan import load_plan_file
+    from lifecycle.model.adapter import adapter_for
+
+    path = tmp_path / "plan.yaml"
+    path.write_bytes(content)
+    with pytest.raises(LifecycleError, match=pattern) as info:
+        load_plan_file(path, adapter_for(make_tiny_model(len(tiny_tokenizer))))
+    assert str(path) in one_line(info)
+
+
 # -- through the CLI -------------------------------------------------------------------------------
 
 
