@@ -4,7 +4,8 @@ A push is the one step that leaves the machine, so it is deliberately strict:
 
 * the folder must be a complete checkpoint (``config.json``, ``*.safetensors``, a tokenizer file and
   the ``README.md`` model card), because a half-written or weights-only folder on the Hub is worse
-  than none;
+  than none; every safetensors file to be sent must have a sound header (an empty or truncated file
+  is refused, by a dry run too), read without loading any tensor;
 * only files that belong in a model repo are sent: training leftovers (``checkpoints/``, optimizer
   and scheduler state, ``*.tmp``, hidden folders such as the ``.tmp-*`` folders of an interrupted
   save) stay local, and pickled files (``*.bin``, ``*.pt``, ``*.pth``, ``*.pkl``, ...) are never
@@ -147,12 +148,41 @@ def check_checkpoint(folder: str | Path) -> Path:
     if index.is_file():
         try:
             shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        except (ValueError, OSError, AttributeError):
+            if not all(isinstance(s, str) for s in shards):
+                raise TypeError
+        except (ValueError, OSError, AttributeError, TypeError):
             raise LifecycleError(f"cannot push {folder}: model.safetensors.index.json is unreadable") from None
         absent = sorted(s for s in shards if not (path / s).is_file())
         if absent:
             raise LifecycleError(f"cannot push {folder}: missing weight shards {', '.join(absent)}")
     return path.resolve()
+
+
+def check_weights(folder: Path, files: list[PushFile]) -> None:
+    """Read the header of every safetensors file that would be uploaded (never the tensor data).
+
+    An empty, truncated or corrupt weights file, or an index naming a tensor its shard does not
+    hold, is refused before anything is reported or sent.
+    """
+    from lifecycle.model.io import SAFETENSORS_INDEX, read_safetensors_header, read_safetensors_index
+
+    headers: dict[str, dict] = {}
+    for item in files:
+        if item.path.lower().endswith(".safetensors"):
+            try:
+                headers[item.path] = read_safetensors_header(folder / item.path)
+            except LifecycleError as exc:
+                raise LifecycleError(f"cannot push {folder}: {exc}") from None
+    if (folder / SAFETENSORS_INDEX).is_file():
+        try:
+            weight_map = read_safetensors_index(folder / SAFETENSORS_INDEX)
+        except LifecycleError as exc:
+            raise LifecycleError(f"cannot push {folder}: {exc}") from None
+        for name, shard in weight_map.items():
+            if name not in headers.get(shard, {}):
+                raise LifecycleError(
+                    f"cannot push {folder}: {SAFETENSORS_INDEX} puts tensor '{name}' in {shard}, which does not hold it"
+                )
 
 
 def resolve_token(token: str | None = None) -> tuple[str | None, str | None]:
@@ -303,6 +333,7 @@ def push_folder(
         raise LifecycleError("create_pr opens the pull request against the default branch; do not also set revision")
     path = check_checkpoint(folder)
     files, skipped = select_files(path)
+    check_weights(path, files)
     base = resolve_endpoint(endpoint)
     report = PushReport(
         folder=path,

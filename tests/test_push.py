@@ -571,3 +571,47 @@ def test_invalid_card_metadata_is_one_line(hub, checkpoint):
         push_folder(checkpoint, REPO, token=SECRET, endpoint=hub.url)
     assert "\n" not in str(info.value) and "mapping" in str(info.value)
     assert hub.commits == [] and hub.validated == [readme.read_text()]
+
+
+@pytest.mark.parametrize(
+    ("damage", "pattern"),
+    [("truncate", r"model\.safetensors is truncated"), ("empty", r"model\.safetensors is empty \(0 bytes\)")],
+)
+def test_broken_weights_are_refused_even_by_a_dry_run(hub, checkpoint, damage, pattern):
+    """A dry run used to say "would upload" for a half-written model.safetensors; headers are read first.
+
+    The fixture's leftovers (``checkpoints/step-10/model.safetensors``, ``.tmp-save/...``) are junk too,
+    but they are not uploaded, so they are not checked: the other tests push this folder fine.
+    """
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
+    with pytest.raises(LifecycleError, match=pattern) as info:
+        push_folder(checkpoint, REPO, dry_run=True, endpoint=hub.url)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"cannot push {checkpoint.resolve()}: ") and str(weights.name) in message
+    with pytest.raises(LifecycleError, match=pattern):
+        push_folder(checkpoint, REPO, token=SECRET, endpoint=hub.url)
+    assert hub.requests == []
+
+
+def test_index_naming_a_tensor_its_shard_lacks_is_refused(online, checkpoint):
+    index = {"metadata": {}, "weight_map": {"model.norm.weight": "model.safetensors", "no.such.tensor": "model.safetensors"}}
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(LifecycleError, match="puts tensor 'no.such.tensor' in model.safetensors, which does not hold it"):
+        push_folder(checkpoint, REPO, dry_run=True)
+
+
+def test_cli_dry_run_of_truncated_weights_is_one_line(checkpoint, monkeypatch, capsys):
+    import lifecycle.cli
+
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    monkeypatch.setattr("sys.argv", ["lifecycle", "push", str(checkpoint), "--repo-id", REPO, "--dry-run"])
+    with pytest.raises(SystemExit) as info:
+        lifecycle.cli.main()
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.safetensors is truncated" in lines[0]
+    assert "would upload" not in captured.out

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lifecycle.data.sources import Corpus, load_corpus
@@ -154,10 +155,15 @@ def pack(
     val_fraction: float = 0.05,
     max_train_tokens: int | None = None,
     use_cache: bool = True,
+    encoding: str = "utf-8",
 ) -> PackedData:
-    """Tokenize and pack a corpus (or a data spec) into train/validation blocks."""
+    """Tokenize and pack a corpus (or a data spec) into train/validation blocks.
+
+    ``encoding`` is passed to :func:`load_corpus` when ``corpus`` is a data spec. A cached file that
+    cannot be read (truncated, corrupt) is rebuilt, not an error.
+    """
     if isinstance(corpus, str):
-        corpus = load_corpus(corpus)
+        corpus = load_corpus(corpus, encoding=encoding)
     if block_size < 2:
         raise LifecycleError(f"block size must be at least 2, got {block_size}")
     weights = corpus.weights
@@ -179,8 +185,8 @@ def pack(
     cache_file = cache_dir() / "blocks" / f"{key}.safetensors"
     if weights is not None:
         names = tuple(p.name for p in corpus.parts)
-        if use_cache and cache_file.is_file():
-            t = load_file(cache_file)
+        t = _load_cache(cache_file, ("train", "validation", "block_source", "validation_source")) if use_cache else None
+        if t is not None:
             return PackedData(t["train"], t["validation"], block_size, corpus.name, key,
                               t["block_source"], t["validation_source"], names, weights)
         data = _pack_mixture(corpus, weights, tokenizer, block_size, val_fraction, max_train_tokens, key)
@@ -188,8 +194,8 @@ def pack(
             _save_cache(cache_file, {"train": data.train, "validation": data.validation,
                                      "block_source": data.block_source, "validation_source": data.validation_source})
         return data
-    if use_cache and cache_file.is_file():
-        tensors = load_file(cache_file)
+    tensors = _load_cache(cache_file, ("train", "validation")) if use_cache else None
+    if tensors is not None:
         return PackedData(tensors["train"], tensors["validation"], block_size, corpus.name, key)
 
     train_stream = _tokenize_stream(corpus.train, tokenizer)
@@ -211,6 +217,19 @@ def pack(
     if use_cache:
         _save_cache(cache_file, {"train": train, "validation": validation})
     return PackedData(train, validation, block_size, corpus.name, key)
+
+
+def _load_cache(cache_file: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None when there is no cache or it cannot be read (then it is rebuilt)."""
+    if not cache_file.is_file():
+        return None
+    try:
+        tensors = load_file(cache_file)
+    except (SafetensorError, OSError, ValueError):
+        return None
+    if not all(name in tensors for name in names):
+        return None
+    return tensors
 
 
 def _save_cache(cache_file: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -77,25 +77,95 @@ class Corpus:
         return h.hexdigest()[:20]
 
 
-def decode_utf8(data: bytes, path: Path | str) -> str:
-    """``data`` as text; a non-UTF-8 byte is a one-line error naming the file, byte offset and line."""
+_UTF8_HINT = "re-encode it as UTF-8"
+# What a data file that is not UTF-8 should say: the file can be re-encoded, or its encoding named.
+ENCODING_HINT = "re-encode it as UTF-8, or name its encoding (load_corpus(spec, encoding='latin-1'))"
+
+
+def _codec(encoding: str) -> str:
+    """The canonical codec name of ``encoding``; an unknown one is a one-line error."""
+    import codecs
+
     try:
-        text = data.decode("utf-8")
+        return codecs.lookup(encoding).name
+    except (LookupError, TypeError):
+        raise LifecycleError(f"unknown text encoding '{encoding}' (examples: utf-8, latin-1, cp1252)") from None
+
+
+def decode_text(
+    data: bytes,
+    path: Path | str,
+    encoding: str = "utf-8",
+    *,
+    hint: str = ENCODING_HINT,
+    strip_bom: bool = True,
+    binary_check: bool = True,
+) -> str:
+    """``data`` decoded strictly as ``encoding``; bad bytes are a one-line error naming the file.
+
+    The error gives the byte offset (and, for ASCII-compatible encodings, the line) of the first
+    byte that does not decode, then ``hint``. With ``binary_check``, text holding a NUL character
+    is reported as a binary file instead.
+    """
+    codec = _codec(encoding)
+    wide = codec.startswith(("utf-16", "utf-32"))  # NUL bytes are normal there; NUL characters are not
+    if binary_check and not wide:
+        nul = data.find(b"\0")
+        if nul >= 0:
+            raise LifecycleError(
+                f"{path} is a binary file, not text (a NUL byte at offset {nul}); give text (.txt, .jsonl) or .parquet files"
+            )
+    try:
+        text = data.decode(codec)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
+        where = f"byte {exc.start}" + ("" if wide else f" (line {line})")
+        name = "UTF-8" if codec == "utf-8" else encoding
+        raise LifecycleError(f"{path} is not {name} text: {where} is 0x{data[exc.start]:02x}; {hint}") from None
+    if binary_check and wide and "\0" in text:
         raise LifecycleError(
-            f"{path} is not UTF-8 text: byte {exc.start} (line {line}) is 0x{data[exc.start]:02x}; re-encode it as UTF-8"
-        ) from None
-    return text[1:] if text.startswith("\ufeff") else text
+            f"{path} is a binary file, not {encoding} text (a NUL character); give text (.txt, .jsonl) or .parquet files"
+        )
+    return text[1:] if strip_bom and text.startswith("\ufeff") else text
 
 
-def iter_jsonl(path: Path, data: bytes | None = None) -> Iterator[tuple[int, dict]]:
+def decode_utf8(data: bytes, path: Path | str) -> str:
+    """``data`` as text; a non-UTF-8 byte is a one-line error naming the file, byte offset and line."""
+    return decode_text(data, path, hint=_UTF8_HINT, binary_check=False)
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.is_file():
+        raise LifecycleError(f"{path} is not a regular file (a device, pipe or socket?); give a file or folder of text")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LifecycleError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A whole text file, decoded strictly, with newlines translated as ``Path.read_text`` does.
+
+    For valid UTF-8 the result is exactly ``path.read_text(encoding="utf-8")`` (a byte-order mark
+    kept, ``\\r\\n`` and ``\\r`` read as ``\\n``), so corpus fingerprints and cached blocks are those
+    of the lenient reader this replaces.
+    """
+    text = decode_text(_read_bytes(path), path, encoding, strip_bom=False)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def iter_jsonl(
+    path: Path, data: bytes | None = None, *, encoding: str = "utf-8", hint: str = _UTF8_HINT
+) -> Iterator[tuple[int, dict]]:
     """``(line number, row)`` for each non-blank line of a JSONL file; every row must be a JSON object.
 
-    Invalid JSON, a row that is not an object and non-UTF-8 bytes are one-line errors naming the file
-    and line. ``data`` is the file's bytes when the caller already read them.
+    Invalid JSON, a row that is not an object, a binary file and bytes that are not ``encoding``
+    are one-line errors naming the file (and line). ``data`` is the file's bytes when the caller
+    already read them; ``hint`` ends the message for undecodable bytes.
     """
-    text = decode_utf8(path.read_bytes() if data is None else data, path)
+    text = decode_text(_read_bytes(path) if data is None else data, path, encoding, hint=hint)
     # Split on \n only: str.splitlines would also split on U+2028 and friends, legal inside JSON strings.
     for line_no, line in enumerate(text.split("\n"), 1):
         if not line.strip():
@@ -121,35 +191,42 @@ def _json_kind(value: object) -> str:
     return "number"
 
 
-def _read_text_file(path: Path, column: str) -> list[str]:
+def _read_text_file(path: Path, column: str, encoding: str = "utf-8") -> list[str]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = []
-        for line_no, row in iter_jsonl(path):
+        for line_no, row in iter_jsonl(path, encoding=encoding, hint=ENCODING_HINT):
             if column not in row:
                 raise LifecycleError(f"{path}:{line_no} has no '{column}' field (use {path}#FIELD)")
             docs.append(str(row[column]))
         return docs
     if suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        if not path.is_file():
+            _read_bytes(path)  # the same error as for a text file
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LifecycleError(f"{path} is not a readable parquet file ({text}); re-export it") from None
         if column not in table.column_names:
             raise LifecycleError(f"{path} has no '{column}' column (columns: {', '.join(table.column_names)})")
         return [str(x) for x in table.column(column).to_pylist()]
-    return [path.read_text(encoding="utf-8", errors="replace")]
+    return [read_text(path, encoding)]
 
 
-def _read_path(path: Path, column: str) -> list[str]:
+def _read_path(path: Path, column: str, encoding: str = "utf-8") -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
         if not files:
             raise LifecycleError(f"data folder {path} holds no text files ({', '.join(sorted(TEXT_SUFFIXES))})")
         docs: list[str] = []
         for file in files:
-            docs.extend(_read_text_file(file, column))
+            docs.extend(_read_text_file(file, column, encoding))
         return docs
-    return _read_text_file(path, column)
+    return _read_text_file(path, column, encoding)
 
 
 def _python_stdlib() -> list[str]:
@@ -239,8 +316,14 @@ def parse_data_spec(spec: str) -> list[tuple[str, float | None]]:
     return parts
 
 
-def load_corpus(spec: str) -> Corpus:
-    """Read a data spec into documents; empty sources are an error, not an empty dataset."""
+def load_corpus(spec: str, encoding: str = "utf-8") -> Corpus:
+    """Read a data spec into documents; empty sources are an error, not an empty dataset.
+
+    Local text and JSONL files are decoded strictly as ``encoding`` (UTF-8 unless named, e.g.
+    ``latin-1``): an undecodable byte or a binary file is a one-line error naming the file. Built-in
+    corpora and Hub datasets are not affected.
+    """
+    _codec(encoding)
     train: list[str] = []
     validation: list[str] = []
     has_validation = True
@@ -256,7 +339,7 @@ def load_corpus(spec: str) -> Corpus:
             if not path.exists():
                 known = ", ".join(BUILTIN_CORPORA)
                 raise LifecycleError(f"data not found: {part} (not a file, folder, hf: dataset or built-in corpus: {known})")
-            docs, valid = _read_path(path, column or "text"), None
+            docs, valid = _read_path(path, column or "text", encoding), None
         kept = [d for d in docs if d.strip()]
         if weight is not None and not kept:
             raise LifecycleError(f"data part {part} of '{spec}' is empty")

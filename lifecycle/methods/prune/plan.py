@@ -156,9 +156,30 @@ def load_plan_file(path: str | Path, adapter: DecoderAdapter) -> Plan:
     if not path.is_file():
         raise LifecycleError(f"plan file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except yaml.YAMLError:
-        raise LifecycleError(f"plan file {path} is not valid YAML/JSON") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LifecycleError(f"cannot read plan file {path}: {exc.strerror or exc}") from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise LifecycleError(
+            f"plan file {path} is a binary file (a NUL byte at offset {nul}), not YAML/JSON; "
+            "give a plan like the prune_plan.json a pruning run writes"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LifecycleError(
+            f"plan file {path} is not UTF-8 text: byte {exc.start} (line {line}) is 0x{raw[exc.start]:02x}; "
+            "re-encode it as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise LifecycleError(f"plan file {path} is not valid YAML/JSON ({problem}{where}); fix the file") from None
     if not isinstance(data, dict):
         raise LifecycleError(f"plan file {path} must be a mapping with num_key_value_heads / intermediate_size")
     now = current_plan(adapter)
@@ -172,8 +193,14 @@ def load_plan_file(path: str | Path, adapter: DecoderAdapter) -> Plan:
     for name, values in (("num_key_value_heads", kv), ("intermediate_size", inter)):
         if not isinstance(values, list) or len(values) != n or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise LifecycleError(f"plan file {path}: {name} must list {n} integers, one per layer")
-    if not isinstance(drop, list) or not all(isinstance(v, int) for v in drop):
+    if not isinstance(drop, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in drop):
         raise LifecycleError(f"plan file {path}: drop_layers must be a list of layer indices")
+    heads = data.get("num_attention_heads")
+    if heads is not None and (
+        not isinstance(heads, list) or len(heads) != n
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in heads)
+    ):
+        raise LifecycleError(f"plan file {path}: num_attention_heads must list {n} integers, one per layer")
     layers = []
     for i, (k, m, cur) in enumerate(zip(kv, inter, now.layers)):
         if i in drop:
@@ -186,8 +213,7 @@ def load_plan_file(path: str | Path, adapter: DecoderAdapter) -> Plan:
         if m < 1 or m > cur.channels:
             raise LifecycleError(f"plan file {path}: layer {i} has {cur.channels} MLP channels, cannot keep {m}")
         layers.append(LayerPlan(k, m))
-    if "num_attention_heads" in data:
-        heads = data["num_attention_heads"]
+    if heads is not None:
         for i, (h, p) in enumerate(zip(heads, layers)):
             expected = p.kv_groups * adapter.attention_shape(i).group_size
             if i not in drop and h != expected:
