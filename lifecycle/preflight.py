@@ -92,7 +92,7 @@ def check_deepspeed(path: str | None) -> None:
         raise LifecycleError(f"DeepSpeed config {file} has no zero_optimization section")
 
 
-def check_resume(output: str, train_cfg: Any) -> None:
+def check_resume(output: str, train_cfg: Any, *, strict: bool = False) -> None:
     """With ``--resume``: the latest checkpoint's optimisation settings are these (steps may grow).
 
     The model and data parts of a checkpoint's identity need the tokenized data; the engine checks
@@ -101,9 +101,12 @@ def check_resume(output: str, train_cfg: Any) -> None:
     from lifecycle.finish import default_run_dir
     from lifecycle.train.resume import NON_SEMANTIC, SCHEDULE_LENGTH, differences
 
-    checkpoints = sorted((default_run_dir(output) / "checkpoints").glob("step-*/trainer_state.json"),
+    run_dir = default_run_dir(output)
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"),
                          key=lambda p: int(p.parent.name.split("-")[1]))
     if not checkpoints:
+        if strict:
+            raise LifecycleError(f"--resume: no checkpoint in {run_dir} (train.save_every > 0 writes them)")
         return
     state = json.loads(checkpoints[-1].read_text())
     saved = (state.get("identity") or {}).get("train")

@@ -173,28 +173,43 @@ def _listing(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
+@pytest.fixture(scope="module")
+def runs(inputs, tmp_path_factory):
+    """Every row's CLI run, three at a time (each a fresh interpreter; most of a row is imports)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import cli_env
+
+    input_root = inputs["ckpt"].parent
+    inputs_before = _listing(input_root)
+
+    def one(row):
+        name, args, _, recipe = row
+        tmp = tmp_path_factory.mktemp(name)
+        if recipe is not None:
+            _recipe(tmp, f"output_dir: {tmp / 'runs'}\n" + recipe)
+        values = {k: str(v) for k, v in inputs.items()}
+        values["tmp"] = str(tmp)
+        before = _listing(tmp)
+        proc = subprocess.run([sys.executable, "-m", "lifecycle", *[a.format(**values) for a in args]], capture_output=True,
+                              text=True, env=cli_env(COLUMNS="200"), cwd=tmp, timeout=600)
+        return name, (proc.returncode, proc.stdout + proc.stderr, _listing(tmp) - before)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = dict(pool.map(one, ROWS))
+    return done, _listing(input_root) - inputs_before
+
+
 def test_there_are_at_least_fifty_rows():
     assert len(ROWS) >= 50 and len({r[0] for r in ROWS}) == len(ROWS)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input_fails_cleanly(row, inputs, tmp_path):
-    _, args, message, recipe = row
-    if recipe is not None:
-        _recipe(tmp_path, f"output_dir: {tmp_path / 'runs'}\n" + recipe)
-    values = {k: str(v) for k, v in inputs.items()}
-    values["tmp"] = str(tmp_path)
-    argv = [a.format(**values) for a in args]
-    before = _listing(tmp_path)
-    input_root = inputs["ckpt"].parent
-    inputs_before = _listing(input_root)
-    from conftest import cli_env
-
-    env = cli_env(COLUMNS="200")
-    proc = subprocess.run([sys.executable, "-m", "lifecycle", *argv], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
+def test_bad_input_fails_cleanly(row, runs):
+    name, _, message, _ = row
+    results, inputs_left = runs
+    code, out, left = results[name]
+    assert code != 0, out
     assert "Traceback" not in out, out
     errors = [line for line in out.splitlines() if line.startswith(("error:", "Error:"))]
     if message == "Usage":
@@ -202,8 +217,8 @@ def test_bad_input_fails_cleanly(row, inputs, tmp_path):
     else:
         assert len(errors) == 1, out
         assert message.lower() in errors[0].lower(), out
-    assert _listing(tmp_path) == before, f"left behind: {_listing(tmp_path) - before}"
-    assert _listing(input_root) == inputs_before, f"left behind: {_listing(input_root) - inputs_before}"
+    assert not left, f"left behind: {left}"
+    assert not inputs_left, f"left beside the inputs: {inputs_left}"
 
 
 def test_version():

@@ -101,7 +101,7 @@ def preflight_train(opts: TrainOptions, *, pending_models: bool = False) -> None
     pf.check_deepspeed(opts.deepspeed)
     pf.check_eval(opts.eval)
     if opts.resume:
-        pf.check_resume(opts.output, opts.train)
+        pf.check_resume(opts.output, opts.train, strict=opts.resume_strict)
 
 
 @register("train", TrainOptions, help="Pretrain from a config, or continue pretraining a checkpoint.",

@@ -108,6 +108,10 @@ def layer_order(
         raise LifecycleError(
             f"target depth {target_layers} is smaller than the source's {num_source} layers (growth only adds layers)"
         )
+    if target_layers == num_source:
+        rounding = f" (factor {factor:g} × {num_source} layers rounds to {target_layers})" if factor is not None else ""
+        raise LifecycleError(f"target depth {target_layers} equals the source's {num_source} layers{rounding}: "
+                             "growth must add layers")
     if order == "stack":
         whole, rest = divmod(target_layers, num_source)
         return list(range(num_source)) * whole + list(range(num_source - rest, num_source))
@@ -442,6 +446,8 @@ def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
         "source": s.parent or "small model trained from scratch (small/)",
         "source_layers": s.source_layers,
         "target_layers": s.target_layers,
+        "factor": round(s.target_layers / s.source_layers, 4),
+        "factor_given": opts.factor,
         "order": opts.order if opts.layer_map is None else "layer_map",
         "layer_map": run.layer_map,
         "small_params": run.small_params,

@@ -384,6 +384,7 @@ def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
         "source": s.parent or "built from config",
         "source_layers": s.source_layers if opts.model else 0,
         "target_layers": s.target_layers,
+        "factor_given": opts.factor,
         "layers_per_stage": lw.layers_per_stage,
         "embedding": lw.embedding,
         "head": lw.head,
