@@ -235,7 +235,7 @@ def _model_identity(spec: str) -> str:
                 data = json.loads(lineage.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 data = {"unreadable": lineage.stat().st_size}
-            data = {k: v for k, v in data.items() if k not in ("eval", "eval_settings", "evals")} if isinstance(data, dict) else data
+            data = {k: v for k, v in data.items() if k not in ("eval", "eval_settings", "eval_records")} if isinstance(data, dict) else data
             h.update(json.dumps(data, sort_keys=True, default=str).encode())
         if (folder / "config.json").is_file():
             h.update((folder / "config.json").read_bytes())
