@@ -119,6 +119,20 @@ def check_resume(output: str, train_cfg: Any, *, strict: bool = False) -> None:
                              "(use a new output folder, put the settings back, or drop --resume)")
 
 
+def check_start(opts: Any, *, pending_models: bool) -> Any:
+    """Commands that start from a config preset or a model (train, grow): data, the config or the
+    model folder, and ``block_size`` against its positions. Returns the model's info (or None)."""
+    check_data(opts.data)
+    if opts.config is not None:
+        check_preset(opts.config, opts.block_size)
+        return None
+    if pending_models:
+        return None
+    info = model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+    check_positions(opts.block_size, info.max_positions, option="block_size")
+    return info
+
+
 def run_preflight(command: Any, opts: Any, *, pending_models: bool = False) -> None:
     """Run ``command``'s preflight on validated ``opts`` (``pending_models``: inputs not written yet)."""
     check = getattr(command, "preflight", None)
@@ -126,5 +140,5 @@ def run_preflight(command: Any, opts: Any, *, pending_models: bool = False) -> N
         check(opts, pending_models=pending_models)
 
 
-__all__ = ["check_data", "check_deepspeed", "check_eval", "check_output", "check_positions", "check_preset",
+__all__ = ["check_data", "check_deepspeed", "check_start", "check_eval", "check_output", "check_positions", "check_preset",
            "check_resume", "model_info", "run_preflight"]

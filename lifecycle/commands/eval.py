@@ -41,14 +41,11 @@ class EvalOptions(CommandOptions):
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
-    @field_validator("tasks", mode="before")
+    @field_validator("tasks", "limit", mode="before")
     @classmethod
-    def _split_tasks(cls, value: Any) -> Any:
-        return parse_task_list(value) if isinstance(value, (str, list, tuple)) else value
-
-    @field_validator("limit", mode="before")
-    @classmethod
-    def _parse_limit(cls, value: Any) -> Any:
+    def _tasks_and_limit(cls, value: Any, info: Any) -> Any:
+        if info.field_name == "tasks":
+            return parse_task_list(value) if isinstance(value, (str, list, tuple)) else value
         # "100" and 100.0 are item counts; 0.1 is a fraction of each task; 2.5 is neither.
         from lifecycle.options import check_limit
 

@@ -37,12 +37,8 @@ def preflight_grow(opts: GrowOptions, *, pending_models: bool = False) -> None:
 
     if not opts.plan:
         pf.check_output(opts.output, overwrite=opts.overwrite)
-    pf.check_data(opts.data)
-    if opts.config is not None:
-        pf.check_preset(opts.config, opts.block_size)
-    elif not pending_models:
-        info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
-        pf.check_positions(opts.block_size, info.max_positions, option="block_size")
+    info = pf.check_start(opts, pending_models=pending_models)
+    if info is not None:
         layers = getattr(info.config, "num_hidden_layers", None)
         if layers is not None and opts.target_layers is not None and opts.target_layers <= layers:
             raise LifecycleError(f"target_layers {opts.target_layers} must exceed the source's {layers} layers (growing "

@@ -92,12 +92,7 @@ def preflight_train(opts: TrainOptions, *, pending_models: bool = False) -> None
     from lifecycle import preflight as pf
 
     pf.check_output(opts.output, overwrite=opts.overwrite or opts.resume)
-    pf.check_data(opts.data)
-    if opts.config is not None:
-        pf.check_preset(opts.config, opts.block_size)
-    elif not pending_models:
-        info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
-        pf.check_positions(opts.block_size, info.max_positions, option="block_size")
+    pf.check_start(opts, pending_models=pending_models)
     pf.check_deepspeed(opts.deepspeed)
     pf.check_eval(opts.eval)
     if opts.resume:
