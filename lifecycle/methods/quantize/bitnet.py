@@ -47,7 +47,7 @@ class BitnetOptions(BaseModel):
         return self.lambda_warmup_steps if self.lambda_warmup_steps is not None else steps // 2
 
     def check(self, opts) -> None:
-        if opts.export == "master":
+        if opts.export == "master" or opts.train.steps == 0:  # no training: converted at λ = 1
             return
         final = lambda_at(self, opts.train.steps, opts.train.steps)
         if final < 1.0 - 1e-9:
