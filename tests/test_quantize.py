@@ -260,9 +260,9 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(source, tmp_path, tiny_to
 
     odd = save_checkpoint(make_tiny_model(len(tiny_tokenizer), hidden_size=24, heads=4, kv_heads=1, intermediate=48),
                           tiny_tokenizer, tmp_path / "odd", lineage={"command": "test"})  # k_proj: 6 outputs
-    rtn = tmp_path / "already"
-    code, _ = cli_runner("quantize", "-m", str(source), "-o", str(rtn), "--method", "ternary-rtn")
-    assert code == 0, _
+    from lifecycle.commands.quantize import run_quantize
+
+    rtn = run_quantize(_options(source, tmp_path / "already", method="ternary-rtn"))  # a quantized input
     cases = [
         (["-m", str(odd), "--method", "ternary-rtn"], "not a multiple of 4"),
         (["-m", str(rtn)], "already quantized"),
@@ -279,3 +279,67 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(source, tmp_path, tiny_to
         assert message in output, (args, output)
         assert len(lines) == 1, (args, output)
         assert not out.exists() and not list(tmp_path.glob(".out*")), args
+
+
+def test_lambda_follows_the_schedule_every_step_and_resumes(source, tmp_path, monkeypatch):
+    """after_step moves the shared λ of every BitLinear; the hook state restores it on resume."""
+    import lifecycle.train.engine as engine
+    from lifecycle.methods.quantize.bitlinear import BitLinear
+    from lifecycle.methods.quantize.pipeline import quantize_model
+    from lifecycle.model.io import load_model
+
+    seen: list[float] = []
+    resumed: list[float] = []
+    shared: list = []
+    real_train = engine.train
+
+    def spy(model, data, cfg, run_dir, *, hooks=None, **kw):
+        after = hooks.after_step
+
+        def record(m, step):
+            after(m, step)
+            layers = [x for x in m.modules() if isinstance(x, BitLinear)]
+            assert len({id(x.lam) for x in layers}) == 1  # one λ shared by every layer
+            seen.append(layers[0].lam.value)
+            shared.append(layers[0].lam)
+
+        hooks.after_step = record
+        result = real_train(model, data, cfg, run_dir, hooks=hooks, **kw)
+        assert hooks.state_dict() == {"lambda_step": 4}
+        hooks.load_state_dict({"lambda_step": 1})  # what a resume at step 1 restores
+        assert hooks.state_dict() == {"lambda_step": 1}
+        resumed.append(shared[-1].value)
+        return result
+
+    monkeypatch.setattr(engine, "train", spy)
+    opts = _options(source, tmp_path / "lam", export="master",
+                    train={"steps": 4, "micro_batch_size": 2, "eval_every": 0, "log_every": 1},
+                    **{"bitnet-b158": {"lambda_warmup_steps": 2}})
+    model, report, history, _ = quantize_model(opts, load_model(str(source)))
+    assert seen == [0.5, 1.0, 1.0, 1.0]
+    assert resumed == [0.5]
+    assert len(history) >= 1 and report["bitnet"]["lambda_warmup_steps"] == 2
+    assert not any(isinstance(m, BitLinear) for m in model.modules())  # master export: plain linears
+
+
+def test_modules_to_not_convert_stay_full_precision_after_reload(tmp_path, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from lifecycle.methods.quantize.bitlinear import LambdaState
+    from lifecycle.methods.quantize.bitnet import BitnetOptions, convert
+    from lifecycle.methods.quantize.export import eager_bitnet, export_packed
+
+    vocab = len(tiny_tokenizer)
+    model = make_tiny_model(vocab, seed=6)
+    assert convert(model, ["down_proj", "model.layers.1.self_attn"], BitnetOptions(), LambdaState(1.0)) == 2 * 7 - 2 - 4
+    expected = _logits(model, vocab)
+    export_packed(model).save_pretrained(tmp_path / "p")
+    skip = json.loads((tmp_path / "p" / "config.json").read_text())["quantization_config"]["modules_to_not_convert"]
+    assert "lm_head" in skip and "model.layers.0.mlp.down_proj" in skip
+    with eager_bitnet():
+        r = AutoModelForCausalLM.from_pretrained(tmp_path / "p", dtype=torch.float32)
+        assert type(r.model.layers[0].mlp.down_proj) is nn.Linear
+        assert type(r.model.layers[1].self_attn.q_proj) is nn.Linear
+        assert type(r.model.layers[1].mlp.up_proj).__name__ == "BitLinear"
+        got = _logits(r, vocab)
+    assert (got - expected).abs().max() <= 1e-3 * max(1.0, expected.abs().max().item())
