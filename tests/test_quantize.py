@@ -343,3 +343,43 @@ def test_modules_to_not_convert_stay_full_precision_after_reload(tmp_path, tiny_
         assert type(r.model.layers[1].mlp.up_proj).__name__ == "BitLinear"
         got = _logits(r, vocab)
     assert (got - expected).abs().max() <= 1e-3 * max(1.0, expected.abs().max().item())
+
+
+# --- the real model (slow) ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_smollm2_ternary_rtn_packs_and_reloads_with_the_same_logits(tmp_path):
+    """SmolLM2-135M (every linear's width a multiple of 4): RTN, packed export, transformers reload."""
+    from transformers import AutoModelForCausalLM
+
+    from lifecycle.commands.quantize import run_quantize
+    from lifecycle.model.io import load_model
+
+    from lifecycle.methods.quantize.bitlinear import BitLinear
+    from lifecycle.methods.quantize.export import eager_bitnet
+
+    out = run_quantize(_options("smollm2", tmp_path / "smol-rtn", method="ternary-rtn"))
+    source = load_model("smollm2").model
+    vocab = source.config.vocab_size
+    fake = _fake_quant(source)
+    expected = _logits(fake, vocab)
+    with eager_bitnet():
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        # Every converted linear computes the same function as its fake-quantized training form...
+        g = torch.Generator().manual_seed(0)
+        for name, layer in fake.named_modules():
+            if isinstance(layer, BitLinear):
+                x = torch.randn(3, layer.in_features, generator=g)
+                with torch.no_grad():
+                    a, b = layer(x), reloaded.get_submodule(name)(x)
+                assert (a - b).abs().max() <= 1e-5 * max(1.0, a.abs().max().item()), name
+        got = _logits(reloaded, vocab)
+    # ...but over 30 layers a float-rounding difference (x̃/s·W̃γ vs x̃·W̃/(s/γ)) eventually flips one
+    # 8-bit activation rounding and the hidden states drift (measured: bitwise equal through layer 4,
+    # max logit gap ~1.2 of 31 at the output). So the whole model is compared loosely.
+    assert (got - expected).abs().max() <= 0.1 * max(1.0, expected.abs().max().item())
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+    report = json.loads((out / "quantize_report.json").read_text())
+    assert report["converted_linears"] == 30 * 7
+    weights = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    assert weights < 0.5 * sum(p.numel() * 4 for p in source.parameters())  # packed, not fp32

@@ -29,7 +29,27 @@ def already_quantized(config: Any) -> str | None:
     if not q:
         return None
     q = q if isinstance(q, dict) else (q.to_dict() if hasattr(q, "to_dict") else vars(q))
-    return str(q.get("quant_method") or q.get("load_in_4bit") and "bitsandbytes" or "unknown")
+    method = q.get("quant_method") or (q.get("load_in_4bit") or q.get("load_in_8bit")) and "bitsandbytes" or "unknown"
+    method = str(getattr(method, "value", method))
+    if method.lower() == "gguf":  # transformers dequantizes GGUF on load: the model in memory is full precision
+        return None
+    return method
+
+
+def _forget_gguf(model: Any) -> None:
+    """A GGUF input was dequantized by transformers on load; its weights are plain tensors now, but the
+    model still carries the GGUF quantizer, which refuses to save. The output is not a GGUF model."""
+    if getattr(model, "hf_quantizer", None) is not None and already_quantized(model.config) is None:
+        model.hf_quantizer = None
+        for attr in ("quantization_config", "quantization_method"):
+            for obj in (model.config, model):
+                if attr in vars(obj):
+                    delattr(obj, attr)
+        if hasattr(model, "is_quantized"):
+            try:
+                model.is_quantized = False
+            except AttributeError:
+                pass
 
 
 def check_not_quantized(config: Any, spec: str) -> None:
@@ -76,6 +96,7 @@ def quantize_model(opts: QuantizeOptions, loaded: Any, *, log: Callable[[str], N
     method = get_method("quantize", opts.method)
     model = loaded.model
     check_not_quantized(model.config, loaded.source)
+    _forget_gguf(model)
     group = opts.method_options
     if group is not None and hasattr(group, "check"):
         group.check(opts)
