@@ -191,6 +191,27 @@ def prune(
     _done(out)
 
 
+@app.command()
+def quantize(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the quantized checkpoint."),
+    model: str = typer.Option(..., "--model", "-m", help="Full-precision model: folder, Hub id, .gguf file, or smollm2."),
+    method: Optional[str] = typer.Option(None, help="bitnet-b158 (default), ternary-rtn, bnb-nf4 or bnb-int8."),
+    export: Optional[str] = typer.Option(None, help="Ternary methods: packed (2-bit, default), online (fp, trainable) or master."),
+    data: Optional[str] = typer.Option(None, help="QAT training data: wikitext, shakespeare, a file/folder, or hf:NAME."),
+    steps: Optional[int] = typer.Option(None, help="QAT training steps (train.steps; 0 = convert only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """BitNet b1.58 ternary QAT (packed 2-bit export) and post-training baselines."""
+    flags = {"output": str(output), "model": model, "method": method, "export": export, "data": data,
+             "overwrite": overwrite or None}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("quantize", flags, overrides or [], options)
+    _done(out)
+
+
 @app.command(name="eval")
 def eval_(
     model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),
