@@ -353,3 +353,65 @@ def test_recipe_merge_linear_is_shipped_and_plans():
     recipe, planned, _ = plan_recipe(Path(__file__).resolve().parents[1] / "recipes" / "merge_linear.yaml")
     merge = [s for s in planned if s.command.name == "merge"]
     assert merge and merge[0].models_refs == ["steps.expert_a", "steps.expert_b"]
+
+
+def _write_gguf(path: Path) -> Path:
+    """A tiny llama GGUF (2 layers, F32 tensors, a valid 8-token BPE) written with the gguf package."""
+    import gguf
+    import numpy as np
+
+    hidden, inter, layers, heads, kv, vocab = 16, 32, 2, 2, 1, 8
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(inter)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "c", "d", "e", "t", "0", "t0"])
+    writer.add_token_types([1] * vocab)
+    writer.add_token_merges(["t 0"])
+    writer.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def tensor(name, *shape):
+        writer.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+
+    tensor("token_embd.weight", vocab, hidden)
+    tensor("output_norm.weight", hidden)
+    head_dim = hidden // heads
+    for i in range(layers):
+        for name, shape in (("attn_norm", (hidden,)), ("attn_q", (heads * head_dim, hidden)),
+                            ("attn_k", (kv * head_dim, hidden)), ("attn_v", (kv * head_dim, hidden)),
+                            ("attn_output", (hidden, heads * head_dim)), ("ffn_norm", (hidden,)),
+                            ("ffn_gate", (inter, hidden)), ("ffn_up", (inter, hidden)), ("ffn_down", (hidden, inter))):
+            tensor(f"blk.{i}.{name}.weight", *shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_a_gguf_input_is_dequantized_tensor_by_tensor(tmp_path):
+    from lifecycle.model.io import load_model
+
+    gguf_file = _write_gguf(tmp_path / "tiny.gguf")
+    loaded = load_model(str(gguf_file))
+    with torch.no_grad():
+        for param in loaded.model.parameters():
+            param.mul_(3.0)
+    loaded.model.config.quantization_config = None
+    tripled = _save(loaded.model, loaded.tokenizer, tmp_path / "tripled", shard_bytes=10**9)
+    out = merge_models({"merge_method": "linear", "parameters": {"weight": 0.5},
+                        "models": [str(gguf_file), str(tripled)]}, tmp_path / "merged")
+    from lifecycle.model.tensors import TensorReader
+
+    with TensorReader(gguf_file) as reader:
+        original = {name: reader.get(name) for name in reader.keys()}
+    merged = _state(out)
+    for name, tensor in original.items():
+        assert torch.allclose(merged[name], 2.0 * tensor, atol=1e-5), name  # (g + 3g) / 2

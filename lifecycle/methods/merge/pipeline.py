@@ -73,9 +73,12 @@ def _load_tokenizer(source: str) -> Any:
     info = inspect_model(source)
     kwargs = {"gguf_file": info.gguf_file} if info.gguf_file else {}
     try:
-        return AutoTokenizer.from_pretrained(info.location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(info.location, **kwargs)
     except Exception as exc:  # noqa: BLE001 - tokenizers raises bare Exception on corrupt files
         raise LifecycleError(f"cannot load the tokenizer of {source}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    if tokenizer.pad_token is None:  # as load_model does: every lifecycle load pads with eos
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def check_compatible(readers: dict[str, Any], tokenizers: dict[str, Any] | None = None) -> None:
