@@ -73,7 +73,7 @@ def check_output(output: str | None, *, overwrite: bool = False) -> None:
     out = Path(output).expanduser()
     if out.exists() and not overwrite:
         prepare_output_dir(out, overwrite=False)  # the usual "exists (pass --overwrite)" message
-    check_output_creatable(out)
+    check_output_creatable(out, overwrite=overwrite)
 
 
 def check_deepspeed(path: str | None) -> None:

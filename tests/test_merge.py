@@ -415,3 +415,25 @@ def test_a_gguf_input_is_dequantized_tensor_by_tensor(tmp_path):
     merged = _state(out)
     for name, tensor in original.items():
         assert torch.allclose(merged[name], 2.0 * tensor, atol=1e-5), name  # (g + 3g) / 2
+
+
+def test_recipe_steps_merge_earlier_steps_with_mergekit_style_entries(models, tmp_path):
+    from lifecycle.recipe import run_recipe
+
+    recipe = tmp_path / "merges.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "merges", "output_dir": str(tmp_path / "runs"), "steps": [
+        {"name": "avg", "command": "merge", "merge_method": "linear", "parameters": {"weight": 0.5},
+         "models": [str(models["a"]), str(models["b"])]},
+        {"name": "mix", "command": "merge", "merge_method": "linear",
+         "models": [{"model": "steps.avg", "parameters": {"weight": 0.25}},
+                    {"model": str(models["base"]), "parameters": {"weight": 0.75}}]},
+    ]}))
+    outputs = run_recipe(recipe)
+    a, b, base, mix = _state(models["a"]), _state(models["b"]), _state(models["base"]), _state(outputs[-1])
+    for name in ("model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight"):
+        expected = 0.25 * (0.5 * a[name] + 0.5 * b[name]) + 0.75 * base[name]
+        assert torch.allclose(mix[name], expected, atol=1e-6), name
+    lineage = json.loads((outputs[-1] / "lifecycle.json").read_text())
+    assert [p["weight"] for p in lineage["merge"]["parents"]] == [0.25, 0.75]
+    assert lineage["history"][0]["command"] == "merge"  # the avg step's own lineage comes along
+    assert run_recipe(recipe) == outputs  # re-run: both steps skipped, same folders
