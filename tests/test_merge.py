@@ -257,6 +257,18 @@ def test_ties_and_slerp_with_filters_on_whole_models(models, tmp_path):
     assert torch.allclose(merged[name], slerp(0.5, base[name], a[name]))
 
 
+def test_a_one_slice_slerp_config_as_mergekit_examples_write_it_equals_the_models_form(models, tmp_path):
+    t = [{"filter": "self_attn", "value": [0, 0.5]}, {"filter": "mlp", "value": [0.7, 0.3]}, {"value": 0.5}]
+    sliced = merge_models({"merge_method": "slerp", "base_model": str(models["base"]), "parameters": {"t": t},
+                           "slices": [{"sources": [{"model": str(models["base"]), "layer_range": [0, 2]},
+                                                   {"model": str(models["a"]), "layer_range": [0, 2]}]}],
+                           "dtype": "float32"}, tmp_path / "sliced")
+    plain = merge_models({"merge_method": "slerp", "base_model": str(models["base"]), "parameters": {"t": t},
+                          "models": [str(models["base"]), str(models["a"])], "dtype": "float32"}, tmp_path / "plain")
+    one, two = _state(sliced), _state(plain)
+    assert all(torch.equal(one[name], two[name]) for name in one)
+
+
 def test_a_tensor_that_comes_out_all_zeros_is_warned_about(models, tmp_path):
     # a and its copy with weights 1 and -1, not normalised: every merged tensor is zero
     cfg = {"merge_method": "linear", "parameters": {"normalize": False},
@@ -295,13 +307,18 @@ def _bad_cases(models, out):
                                                                 {"model": b, "parameters": {"weight": 0.0}}]},
                          "every model's weight is 0"),
         "no base": ({"merge_method": "ties", "models": [a, b], "parameters": {"weight": 0.5}}, "ties needs base_model"),
-        "slices": ({"merge_method": "linear", "slices": [{"sources": [{"model": a, "layer_range": [0, 2]}]}]},
-                   "'slices:' .* is not supported"),
+        "frankenmerge": ({"merge_method": "slerp", "base_model": a, "parameters": {"t": 0.5},
+                          "slices": [{"sources": [{"model": a, "layer_range": [0, 1]}, {"model": b, "layer_range": [0, 1]}]}]},
+                         r"layer_range \[0, 1\] of .* is not all its 2 layers"),
+        "two slices": ({"merge_method": "slerp", "base_model": a, "parameters": {"t": 0.5},
+                        "slices": [{"sources": [{"model": a, "layer_range": [0, 1]}]},
+                                   {"sources": [{"model": b, "layer_range": [1, 2]}]}]},
+                       "several slices .* not supported"),
     }
 
 
 @pytest.mark.parametrize("case", ["shapes", "tokenizer", "single", "method", "field", "parameter", "zero weights",
-                                  "no base", "slices"])
+                                  "no base", "frankenmerge", "two slices"])
 def test_bad_inputs_are_one_line_errors_that_write_nothing(case, models, tmp_path):
     out = tmp_path / "out"
     values, message = _bad_cases(models, out)[case]

@@ -2,8 +2,8 @@
 
 mergekit fields: ``merge_method``, ``models: [{model, parameters}]`` (or plain model specs),
 ``base_model``, ``parameters``, ``dtype``, ``out_dtype``, ``tokenizer_source`` / ``tokenizer: {source}``,
-``chat_template`` (only unset). ``slices:`` and ``modules:`` are refused with a one-line error, as is
-any other unknown field. lifecycle's own: ``output``, ``overwrite``, ``random_seed`` (mergekit's
+``chat_template`` (only unset); ``slices:`` only as one slice over all layers (read as ``models:``).
+``modules:``, frankenmerge slices and any other unknown field are one-line errors. lifecycle's own: ``output``, ``overwrite``, ``random_seed`` (mergekit's
 ``--random-seed``), ``out_shard_size`` (mergekit's ``--out-shard-size``), ``eval``, and ``config``:
 a mergekit YAML file whose fields fill everything not given otherwise.
 """
@@ -84,6 +84,7 @@ class MergeOptions(CommandOptions):
     random_seed: int | None = Field(None, description="seeds torch before merging (DARE's random drop), as mergekit's --random-seed")
     out_shard_size: str = Field("2B", description="largest output shard, e.g. 500M, 2B (bytes), as mergekit's --out-shard-size")
     eval: EvalAfter = Field(default_factory=EvalAfter)
+    layer_ranges: dict[str, list[int]] | None = Field(None, description="set from a one-slice `slices:` config: each model's layer_range (must be all its layers)")
 
     @model_validator(mode="before")
     @classmethod
@@ -102,9 +103,10 @@ class MergeOptions(CommandOptions):
             if "config" in loaded:
                 raise ValueError(f"{path}: a merge config cannot name another config")
             data = deep_merge(loaded, data)
-        for key in ("slices", "modules"):
-            if key in data:
-                raise ValueError(f"'{key}:' (frankenmerges, per-module merges) is not supported; use models:")
+        if "modules" in data:
+            raise ValueError("'modules:' (per-module merges) is not supported; use models:")
+        if "slices" in data:
+            data = _single_slice_as_models(data)
         return data
 
     @field_validator("merge_method", mode="before")
@@ -194,6 +196,49 @@ class MergeOptions(CommandOptions):
     @property
     def tokenizer_choice(self) -> str | None:
         return (self.tokenizer or {}).get("source") or self.tokenizer_source
+
+
+def _single_slice_as_models(data: dict) -> dict:
+    """mergekit's ``slices:`` with one slice whose sources each cover all their layers is the same merge
+    as ``models:`` (the usual way slerp configs are written); anything else is a frankenmerge."""
+    slices = data.pop("slices")
+    if "models" in data:
+        raise ValueError("give models: or slices:, not both")
+    if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], dict):
+        raise ValueError("'slices:' with several slices (frankenmerges) is not supported; one slice over all layers, or models:")
+    extra = set(slices[0]) - {"sources", "parameters", "base_model"}
+    if extra:
+        raise ValueError(f"slices.0.{sorted(extra)[0]}: not supported in a slice")
+    sources = slices[0].get("sources")
+    if not isinstance(sources, list) or not sources:
+        raise ValueError("slices.0.sources: a list of {model, layer_range} is needed")
+    models, ranges = [], {}
+    for index, source in enumerate(sources):
+        if not isinstance(source, dict) or "model" not in source:
+            raise ValueError(f"slices.0.sources.{index}: needs model")
+        unknown = set(source) - {"model", "layer_range", "parameters"}
+        if unknown:
+            raise ValueError(f"slices.0.sources.{index}.{sorted(unknown)[0]}: unknown option")
+        entry = {"model": source["model"]}
+        if source.get("parameters") is not None:
+            entry["parameters"] = source["parameters"]
+        models.append(entry)
+        if source.get("layer_range") is not None:
+            ranges[str(source["model"])] = list(source["layer_range"])
+    data["models"] = models
+    if slices[0].get("base_model") is not None:
+        if data.get("base_model") not in (None, slices[0]["base_model"]):
+            raise ValueError("slices.0.base_model differs from base_model")
+        data["base_model"] = slices[0]["base_model"]
+    slice_params = slices[0].get("parameters") or {}
+    if slice_params:
+        both = set(slice_params) & set(data.get("parameters") or {})
+        if both:
+            raise ValueError(f"parameter {sorted(both)[0]} is set both in the slice and globally; set it in one place")
+        data["parameters"] = {**(data.get("parameters") or {}), **slice_params}
+    if ranges:
+        data["layer_ranges"] = ranges
+    return data
 
 
 def parse_size(value: Any) -> int:

@@ -110,6 +110,15 @@ def check_compatible(readers: dict[str, Any], tokenizers: dict[str, Any] | None 
         check_tokenizers(tokenizers)
 
 
+def check_layer_ranges(opts: MergeOptions, readers: dict[str, Any]) -> None:
+    """A ``slices:`` config merges whole models only: every layer_range is [0, num_hidden_layers]."""
+    for model, layer_range in (opts.layer_ranges or {}).items():
+        layers = int(readers[model].config.get("num_hidden_layers") or 0) if model in readers else None
+        if layers is not None and list(layer_range) != [0, layers]:
+            raise LifecycleError(f"slices: layer_range {list(layer_range)} of {model} is not all its {layers} layers "
+                                 "(frankenmerges are not supported)")
+
+
 def check_tokenizers(tokenizers: dict[str, Any]) -> None:
     names = list(tokenizers)
     first = names[0]
@@ -182,10 +191,8 @@ def plan_merge(opts: MergeOptions, readers: dict[str, Any]) -> MergePlan:
                 raise LifecycleError(f"merge linear: the weights for tensor '{name}' sum to 0, so normalize cannot divide by them")
         for p in per_model:
             density = p.get("density")
-            if density is not None and not 0 < float(density) <= 1:
-                raise LifecycleError(f"merge: density {density} for tensor '{name}' is outside (0, 1]")
-        if "t" in params and params["t"] is not None and not 0 <= float(params["t"]) <= 1:
-            raise LifecycleError(f"merge slerp: t {params['t']} for tensor '{name}' is outside [0, 1]")
+            if density is not None and float(density) <= 0:
+                raise LifecycleError(f"merge: density {density} for tensor '{name}' keeps nothing (it must be > 0)")
         plan.params[name] = (params, per_model)
     return plan
 
@@ -242,6 +249,7 @@ def merge_models(config: dict | MergeOptions, output: str | Path | None = None, 
     try:
         tokenizers = {s: _load_tokenizer(s) for s in sources}
         check_compatible(readers, tokenizers if check_tokenizers_too else None)
+        check_layer_ranges(opts, readers)
         plan = plan_merge(opts, readers)
         choice = opts.tokenizer_choice
         tok_source = (opts.base_model or sources[0]) if choice in (None, "base") else choice
