@@ -58,6 +58,13 @@ def models(tmp_path_factory, tiny_tokenizer):
     tok2 = copy.deepcopy(tiny_tokenizer)
     tok2.add_special_tokens({"eos_token": tok2.convert_ids_to_tokens(5)})  # same vocabulary, other eos
     out["other_tok"] = _save(make_tiny_model(vocab, seed=4), tok2, root / "other_tok")
+    from lifecycle.data.sources import Corpus
+    from lifecycle.data.tokenizer import train_bpe
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text() * 3
+    tok3 = train_bpe(Corpus(name="readme", train=[text]), vocab)  # same size, other merges
+    assert len(tok3) == vocab
+    out["other_vocab"] = _save(make_tiny_model(vocab, seed=5), tok3, root / "other_vocab")
     return out
 
 
@@ -297,6 +304,8 @@ def _bad_cases(models, out):
                    "intermediate_size: 64 in .*, 48 in"),
         "tokenizer": ({"merge_method": "linear", "models": [a, str(models["other_tok"])], "parameters": {"weight": 0.5}},
                       "tokenizers differ in special token eos_token"),
+        "vocabulary": ({"merge_method": "linear", "models": [a, str(models["other_vocab"])], "parameters": {"weight": 0.5}},
+                       "tokenizers differ: token id [0-9]+ is .* in .* but .* in"),
         "single": ({"merge_method": "linear", "models": [a], "parameters": {"weight": 1.0}}, "at least two models, got 1"),
         "method": ({"merge_method": "frankenstein", "models": [a, b]}, "unknown merge method 'frankenstein'"),
         "field": ({"merge_method": "linear", "models": [a, b], "parameters": {"weight": 0.5}, "normalise": True},
@@ -317,7 +326,7 @@ def _bad_cases(models, out):
     }
 
 
-@pytest.mark.parametrize("case", ["shapes", "tokenizer", "single", "method", "field", "parameter", "zero weights",
+@pytest.mark.parametrize("case", ["shapes", "tokenizer", "vocabulary", "single", "method", "field", "parameter", "zero weights",
                                   "no base", "frankenmerge", "two slices"])
 def test_bad_inputs_are_one_line_errors_that_write_nothing(case, models, tmp_path):
     out = tmp_path / "out"
