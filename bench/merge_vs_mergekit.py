@@ -72,6 +72,10 @@ def configs(m: dict[str, str]) -> dict[str, dict]:
         "slerp_slices": {"merge_method": "slerp", "base_model": m["base"], "parameters": {"t": t},
                          "slices": [{"sources": [{"model": m["base"], "layer_range": [0, 4]},
                                                  {"model": m["a"], "layer_range": [0, 4]}]}]},
+        "linear_bf16": {"merge_method": "linear", "models": two, "dtype": "bfloat16"},
+        "ties_bf16": {"merge_method": "ties", "base_model": m["base"], "models": sparse, "dtype": "bfloat16"},
+        "slerp_bf16": {"merge_method": "slerp", "base_model": m["base"], "models": [{"model": m["base"]}, {"model": m["a"]}],
+                       "parameters": {"t": t}, "dtype": "bfloat16"},
         "dare_ties_density05": {"merge_method": "dare_ties", "base_model": m["base"], "models": sparse},
     }
 
@@ -80,12 +84,13 @@ def read(folder: Path) -> dict[str, torch.Tensor]:
     from lifecycle.model.tensors import TensorReader
 
     with TensorReader(folder) as reader:
-        return {name: reader.get(name).float() for name in reader.keys()}
+        return {name: reader.get(name) for name in reader.keys()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mergekit-python", required=True, help="an interpreter with mergekit installed")
+    parser.add_argument("--only", nargs="*", help="run only these configs (results file not written)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "merge_vs_mergekit.json"))
     args = parser.parse_args()
     from lifecycle.methods.merge.pipeline import merge_models
@@ -96,6 +101,8 @@ def main() -> None:
     models = build_models(root)
     results = {"mergekit_version": version, "methods": {}}
     for name, cfg in configs(models).items():
+        if args.only and name not in args.only:
+            continue
         ours = merge_models({**cfg, "random_seed": 0}, root / f"{name}-lifecycle")
         cfg_file = root / f"{name}.yml"
         cfg_file.write_text(yaml.safe_dump(cfg))
@@ -108,15 +115,18 @@ def main() -> None:
             continue
         a, b = read(ours), read(theirs)
         common = sorted(set(a) & set(b))
-        diffs = {n: (a[n] - b[n]).abs().max().item() for n in common}
+        dtypes = sorted({str(t.dtype) for t in a.values()} | {str(t.dtype) for t in b.values()})
+        diffs = {n: (a[n].float() - b[n].float()).abs().max().item() for n in common}
         worst = max(diffs, key=diffs.get)
         row = {"tensors_compared": len(common), "only_lifecycle": sorted(set(a) - set(b)),
-               "only_mergekit": sorted(set(b) - set(a)), "max_abs_diff": diffs[worst], "worst_tensor": worst}
+               "only_mergekit": sorted(set(b) - set(a)), "dtypes": dtypes, "max_abs_diff": diffs[worst], "worst_tensor": worst}
         if name.endswith("density05"):
             row["note"] = ("random drop: equal only if both tools draw the masks in the same tensor order from the "
                            "same seed (they did on this model; not guaranteed in general)")
         results["methods"][name] = row
         print(f"{name:24s} tensors {len(common):3d}  max |lifecycle - mergekit| = {diffs[worst]:.3g}  ({worst})")
+    if args.only:
+        return
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print("wrote", args.out)

@@ -1,7 +1,8 @@
 """``linear``: the weighted average of the models (Wortsman et al. 2022, model soups).
 
-mergekit semantics: ``Σ w_i θ_i``, divided by ``Σ w_i`` when ``normalize`` (default true). Every
-source takes part, ``base_model`` too when it is given (it then needs a ``weight`` like the others).
+mergekit semantics: ``Σ w_i θ_i``, divided by ``Σ w_i`` when ``normalize`` (default true), accumulated
+in float32 (float64 for float64 inputs) and cast back to the inputs' dtype, as mergekit 0.1.5 does.
+Every source takes part, ``base_model`` too when it is given (it then needs a ``weight``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ def merge_linear(job: TensorJob) -> torch.Tensor:
         from lifecycle.errors import LifecycleError
 
         raise LifecycleError(f"merge linear: missing required parameter weight for {missing}.{job.name}")
-    stacked = torch.stack([t.to(job.tensors[0].dtype) for t in job.tensors], dim=0)
-    w = torch.tensor([float(x) for x in weights], dtype=stacked.dtype, device=stacked.device)
-    while w.dim() < stacked.dim():
-        w = w.unsqueeze(-1)
-    out = (w * stacked).sum(dim=0)
+    # mergekit 0.1.5: accumulate in float32 (float64 for float64 inputs) with addcmul, divide, cast back
+    first = job.tensors[0]
+    dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    w = torch.tensor([float(x) for x in weights], dtype=dtype)
+    result = torch.zeros_like(first, dtype=dtype)
+    for tensor, coefficient in zip(job.tensors, w.unbind(0)):
+        result.addcmul_(tensor.to(dtype), coefficient)
     if job.params["normalize"]:
-        out = out / w.sum(dim=0)
-    return out
+        result.div_(w.sum())
+    return result.to(first.dtype)
