@@ -212,6 +212,25 @@ def quantize(
     _done(out)
 
 
+@app.command()
+def merge(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="mergekit YAML (merge_method, models, base_model, parameters, dtype)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged checkpoint."),
+    method: Optional[str] = typer.Option(None, "--method", help="merge_method: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="A model to merge (repeat the flag); replaces the config's models."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model (task vectors; slerp's t = 0)."),
+    random_seed: Optional[int] = typer.Option(None, "--random-seed", help="Seed for DARE's random drop (as mergekit's --random-seed)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Merge model weights (linear, task arithmetic, TIES, DARE, SLERP) from a mergekit YAML, tensor by tensor."""
+    flags = {"config": str(config) if config else None, "output": str(output), "merge_method": method,
+             "models": list(model) if model else None, "base_model": base_model, "random_seed": random_seed,
+             "overwrite": overwrite or None}
+    out = run_command("merge", flags, overrides or [])
+    _done(out)
+
+
 @app.command(name="eval")
 def eval_(
     model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),

@@ -226,7 +226,7 @@ def render_model_card(lineage: dict) -> str:
     lines.append(f"Made with lifecycle `{lineage.get('command', '?')}` ({what}).\n")
     lines.append("## Lineage\n")
     lines.append("| field | value |\n|---|---|")
-    for key in ("parents", "base_model", "recipe_hash", "seed", "tokens_seen", "data"):
+    for key in ("parents", "base_model", "recipe_hash", "seed", "tokens_seen", "data", "merge"):
         value = lineage.get(key)
         if value not in (None, [], {}, ""):
             shown = value if isinstance(value, str) else json.dumps(value, default=str)

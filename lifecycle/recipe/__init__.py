@@ -63,6 +63,8 @@ class PlannedStep:
     output: Path | None  # where the step writes its model (None for commands that only score)
     model_ref: str | None  # "previous", "steps.<name>" or a literal spec
     models_refs: list[str] | None = None  # for commands with several inputs: each a step reference or a spec
+    # the items given as mappings (mergekit's `{model: steps.a, parameters: {...}}`), else None, per ref
+    models_items: list[dict | None] | None = None
 
 
 def _load_yaml(path: Path) -> dict:
@@ -169,9 +171,11 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
             value = step[cmd.models_field]
             if not isinstance(value, list) or not value:
                 raise LifecycleError(f"{where}: {cmd.models_field} must be a list of models or earlier steps")
-            models_refs = []
+            models_refs, models_items = [], []
             for item in value:
-                ref = str(item)
+                mapping = dict(item) if isinstance(item, dict) and "model" in item else None
+                models_items.append(mapping)
+                ref = str(mapping["model"] if mapping is not None else item)
                 if ref == PREVIOUS:
                     if not produced_any:
                         raise LifecycleError(f"{where}: {cmd.models_field}: previous, but no earlier step produces a model")
@@ -191,7 +195,8 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         if cmd.model_field and isinstance(model_ref, str) and (model_ref == PREVIOUS or model_ref.startswith("steps.")):
             probe[cmd.model_field] = str(output_dir / "<previous>")
         if models_refs is not None:
-            probe[cmd.models_field] = [str(output_dir / f"<{r}>") if _is_ref(r) else r for r in models_refs]
+            probe[cmd.models_field] = _with_items(
+                [str(output_dir / f"<{r}>") if _is_ref(r) else r for r in models_refs], models_items)
         if output is not None and "overwrite" in cmd.options.model_fields:
             probe["overwrite"] = True  # the recipe owns its step folders
         try:
@@ -205,10 +210,15 @@ def plan_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[R
         except LifecycleError as exc:
             raise LifecycleError(f"recipe {path.name}, {where}: {exc}") from None
         planned.append(PlannedStep(name=name, command=cmd, raw=step, output=output, model_ref=model_ref,
-                                   models_refs=models_refs))
+                                   models_refs=models_refs, models_items=models_items if models_refs is not None else None))
         seen.add(name)
         produced_any = produced_any or output is not None
     return recipe, planned, output_dir
+
+
+def _with_items(specs: list[str], items: list[dict | None] | None) -> list:
+    """Resolved model specs put back into the mappings they were given in (``{model, parameters}``)."""
+    return [spec if not items or items[i] is None else {**items[i], "model": spec} for i, spec in enumerate(specs)]
 
 
 def _is_ref(ref: str) -> bool:
@@ -253,7 +263,7 @@ def _step_key(step: PlannedStep, options: dict) -> str:
         "command": step.command.name,
         "options": options,
         "input": _model_identity(model_spec) if isinstance(model_spec, str) else None,
-        "inputs": [_model_identity(str(m)) for m in many] if isinstance(many, list) else None,
+        "inputs": [_model_identity(str(m["model"] if isinstance(m, dict) else m)) for m in many] if isinstance(many, list) else None,
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -324,10 +334,10 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             elif isinstance(ref, str) and ref.startswith("steps."):
                 options[step.command.model_field] = outputs[ref[len("steps."):]]
         if step.models_refs is not None:
-            options[step.command.models_field] = [
+            options[step.command.models_field] = _with_items([
                 last_output if r == PREVIOUS else outputs[r[len("steps."):]] if r.startswith("steps.") else r
                 for r in step.models_refs
-            ]
+            ], step.models_items)
         if step.output is not None:
             options["overwrite"] = True  # the recipe owns its step folders
         key = _step_key(step, options)
@@ -350,7 +360,12 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             options["resume"] = True  # continue the interrupted attempt from its checkpoint
         input_spec = options.get(step.command.model_field) if step.command.model_field else None
         if dry_run:
-            shown_input = input_spec or "-"
+            many = options.get(step.command.models_field) if step.command.models_field else None
+            if not input_spec and isinstance(many, list):
+                input_spec_shown = ", ".join(str(m["model"] if isinstance(m, dict) else m) for m in many)
+            else:
+                input_spec_shown = input_spec
+            shown_input = input_spec_shown or "-"
             params = _param_count(input_spec if step.command.name != "train" or not options.get("config") else None, options, step.command.name)
             table.add_row(step.name, step.command.name, str(shown_input), str(step.output or "-"), params,
                           "done (skip)" if complete else "to run")

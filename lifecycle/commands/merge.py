@@ -1,0 +1,57 @@
+"""``lifecycle merge``: merge the weights of models of one architecture, from a mergekit YAML.
+
+Methods (``merge_method``, registered in :mod:`lifecycle.methods.merge`; ``lifecycle ls`` lists them):
+``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, with mergekit's
+semantics and defaults. ``lifecycle merge --config merge.yml -o OUT`` runs a mergekit config unchanged;
+in a recipe, ``models: [steps.a, steps.b]`` takes earlier steps' outputs.
+
+This module only checks the inputs (the preflight) and calls
+:func:`lifecycle.methods.merge.pipeline.merge_models`, which reads and writes tensor by tensor (the
+merged model is never whole in memory, so the output is written by ``ShardedWriter`` rather than
+``finish_run``); with ``eval.tasks`` the written checkpoint is then loaded and scored into its card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifecycle.commands import register
+from lifecycle.methods.merge.options import MergeOptions
+
+
+def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None:
+    from lifecycle import preflight as pf
+    from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers, check_compatible, check_layer_ranges, check_sources
+
+    pf.check_output(opts.output, overwrite=opts.overwrite)
+    check_sources(opts)
+    pf.check_eval(opts.eval)
+    if pending_models:
+        return
+    sources = opts.sources()
+    for source in sources:
+        pf.model_info(source)
+    readers = _open_readers(sources)
+    try:
+        check_compatible(readers, {s: _load_tokenizer(s) for s in sources})
+        check_layer_ranges(opts, readers)
+    finally:
+        for reader in readers.values():
+            reader.close()
+
+
+@register("merge", MergeOptions, help="Merge model weights (linear, task arithmetic, TIES, DARE, SLERP) from a mergekit YAML.",
+          model_field=None, models_field="models", preflight=preflight_merge)
+def run_merge(opts: MergeOptions) -> Path:
+    from lifecycle.methods.merge.pipeline import merge_models
+
+    out = merge_models(opts)
+    if opts.eval.tasks:
+        from lifecycle.eval.harness import evaluate_folder
+
+        evaluate_folder(out, opts.eval.tasks, opts.eval.limit, batch_size=opts.eval.batch_size,
+                        max_length=opts.eval.max_length, include_path=opts.eval.include_path)
+    return out
+
+
+__all__ = ["MergeOptions", "run_merge"]
