@@ -140,6 +140,7 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ("resume-strict-no-checkpoint", [*TRAIN, "--resume", "resume_strict=true"], "no checkpoint", None),
     # grow and prune arguments
     ("grow-same-depth", ["grow", "-m", "{ckpt}", "-o", "{tmp}/out", "--target-layers", "2"], "must exceed", None),
+    ("grow-factor-rounds-to-same-depth", ["grow", "-m", "{ckpt}", "-o", "{tmp}/out", "--factor", "1.2"], "equals the source", None),
     ("grow-factor-below-one", ["grow", "-m", "{ckpt}", "-o", "{tmp}/out", "--factor", "0.5"], "growth factor", None),
     ("prune-two-targets", [*PRUNE, "--target-params", "1M"], "exactly one of", None),
     ("prune-unknown-method", [*PRUNE, "--method", "magic"], "unknown prune method 'magic'", None),

@@ -24,12 +24,13 @@ def test_options_listing_shows_the_defaults_that_will_be_used():
     assert any(line.startswith("  schedule: wsd") for line in group), group
 
 
-def test_factor_is_recorded_and_same_depth_is_refused():
+def test_a_factor_that_rounds_to_the_same_depth_is_refused(tiny_checkpoint, tmp_path):
     import pytest
 
     from lifecycle.errors import LifecycleError
-    from lifecycle.methods.grow.gstack import layer_order
+    from lifecycle.methods.grow.options import GrowOptions
+    from lifecycle.methods.grow.planner import resolve_growth
 
-    with pytest.raises(LifecycleError, match="equals the source's 2 layers .*factor 1.1"):
-        layer_order(2, factor=1.1)
-    assert len(layer_order(2, factor=1.5)) == 3
+    opts = GrowOptions(model=str(tiny_checkpoint), output=str(tmp_path / "out"), factor=1.2, plan=False)
+    with pytest.raises(LifecycleError, match="equals the source's 2 layers .*factor 1.2"):
+        resolve_growth(opts)

@@ -108,10 +108,6 @@ def layer_order(
         raise LifecycleError(
             f"target depth {target_layers} is smaller than the source's {num_source} layers (growth only adds layers)"
         )
-    if target_layers == num_source:
-        rounding = f" (factor {factor:g} × {num_source} layers rounds to {target_layers})" if factor is not None else ""
-        raise LifecycleError(f"target depth {target_layers} equals the source's {num_source} layers{rounding}: "
-                             "growth must add layers")
     if order == "stack":
         whole, rest = divmod(target_layers, num_source)
         return list(range(num_source)) * whole + list(range(num_source - rest, num_source))

@@ -84,6 +84,10 @@ def resolve_growth(opts: GrowOptions) -> GrowthSetup:
                 s.source_layers, target_layers=opts.target_layers, factor=opts.factor, order=opts.order, layer_map=opts.layer_map
             )
             s.target_layers = len(s.mapping)
+            if s.target_layers == s.source_layers:
+                rounding = f" (factor {opts.factor:g} × {s.source_layers} layers rounds to {s.target_layers})" if opts.factor else ""
+                raise LifecycleError(f"target depth {s.target_layers} equals the source's {s.source_layers} layers{rounding}: "
+                                     "growth must add layers")
             s.target_params = s.small_params - sum(per_layer) + sum(per_layer[i] for i in s.mapping)
         else:
             s.target_layers = opts.target_layers or int(round(g * s.source_layers))
