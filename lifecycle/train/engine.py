@@ -104,20 +104,6 @@ class TrainResult:
     is_main_process: bool = True
 
 
-def _run_fingerprint(model: nn.Module, data: Any, cfg: TrainConfig, world: int) -> str:
-    """A short hash of the run's identity, for logs; resume checks compare :func:`run_identity` itself."""
-    from lifecycle.model.card import options_hash
-
-    return options_hash(
-        {
-            "model": model.config.to_diff_dict() if hasattr(model, "config") else str(type(model)),
-            "data": data.fingerprint,
-            "train": cfg.model_dump(exclude={"save_every", "keep_checkpoints", "log_every", "report_to"}),
-            "world": world,
-        }
-    )
-
-
 def _say(progress: bool, message: str) -> None:
     if progress:
         from rich.console import Console
@@ -204,7 +190,6 @@ def train(
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    fingerprint = _run_fingerprint(model, data, cfg, world)
     identity = run_identity(model, data, cfg, world)
     global_batch = cfg.micro_batch_size * cfg.grad_accum * world
     tokens_per_step = global_batch * data.block_size
@@ -303,7 +288,7 @@ def train(
                 save_file(tensors, str(tmp / "hooks.safetensors"))
         accelerator.wait_for_everyone()
         if is_main:
-            state = {"step": step, "tokens_seen": step * tokens_per_step, "fingerprint": fingerprint, "identity": identity,
+            state = {"step": step, "tokens_seen": step * tokens_per_step, "identity": identity,
                      "schedule_steps": cfg.schedule_steps or cfg.steps, "history": history, "hooks": hook_json}
             (tmp / "trainer_state.json").write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
