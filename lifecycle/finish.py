@@ -21,6 +21,36 @@ def default_run_dir(output: str | Path) -> Path:
     return out.parent / f".{out.name}.run"
 
 
+def finished_already(opts: Any) -> bool:
+    """``--resume`` on a finished output: a no-op that says so, when its settings are these.
+
+    ``opts`` is a command's options model with ``output``. A finished output with other settings
+    (beyond a longer ``train.steps``, which resume extends) is refused rather than overwritten.
+    """
+    from lifecycle.errors import LifecycleError
+    from lifecycle.model.card import LINEAGE_FILE
+    from lifecycle.train.resume import differences
+
+    out = Path(opts.output).expanduser().resolve()
+    lineage_file = out / LINEAGE_FILE
+    if not lineage_file.is_file():
+        return False
+    saved = json.loads(lineage_file.read_text()).get("options") or {}
+    ignore = {"resume", "resume_strict", "overwrite"}
+    now = {k: v for k, v in opts.model_dump(mode="json").items() if k not in ignore}
+    saved = {k: v for k, v in saved.items() if k not in ignore}
+    diff = differences(saved, now)
+    if not diff:
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(f"already finished: {out} has these settings; nothing to do", highlight=False)
+        return True
+    if all(d.startswith(("train.steps:", "train.schedule_steps:")) for d in diff):
+        return False  # extending the run: the engine resumes from its last checkpoint if the schedule allows
+    raise LifecycleError(f"{out} is a finished run with other settings ({'; '.join(diff)}); "
+                         "--overwrite replaces it, or use a new output folder")
+
+
 def _write_extra_files(folder: Path, files: dict[str, Any]) -> None:
     for name, content in files.items():
         path = folder / name

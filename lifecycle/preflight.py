@@ -92,7 +92,7 @@ def check_deepspeed(path: str | None) -> None:
         raise LifecycleError(f"DeepSpeed config {file} has no zero_optimization section")
 
 
-def check_resume(output: str, train_cfg: Any, *, strict: bool = False) -> None:
+def check_resume(output: str, train_cfg: Any, *, strict: bool = False, subdir: str = "") -> None:
     """With ``--resume``: the latest checkpoint's optimisation settings are these (steps may grow).
 
     The model and data parts of a checkpoint's identity need the tokenized data; the engine checks
@@ -101,7 +101,7 @@ def check_resume(output: str, train_cfg: Any, *, strict: bool = False) -> None:
     from lifecycle.finish import default_run_dir
     from lifecycle.train.resume import NON_SEMANTIC, SCHEDULE_LENGTH, differences
 
-    run_dir = default_run_dir(output)
+    run_dir = default_run_dir(output) / subdir if subdir else default_run_dir(output)
     checkpoints = sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"),
                          key=lambda p: int(p.parent.name.split("-")[1]))
     if not checkpoints:

@@ -419,7 +419,21 @@ def test_recipes_validate(recipe):
 # ------------------------------------------------------------------------------------------ evidence
 
 
-@pytest.mark.slow
+def test_grow_bench_runs_every_part_and_writes_its_summary(tmp_path):
+    """bench/grow.py --smoke (about 30 s): every part of the full bench on a tiny budget, so the
+    bench that backs docs/grow.md cannot rot. Its numbers are not evidence; the test below is."""
+    out = tmp_path / "grow_smoke.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "grow.py"), "--smoke", "--out", str(out),
+                    "--work", str(tmp_path / "work")], check=True, timeout=900, cwd=REPO_ROOT,
+                   capture_output=True)
+    summary = json.loads(out.read_text())["summary"]
+    assert summary["seeds"] == 2 and summary["tokens_each_arm"] > 0
+    assert len(summary["paired_gaps"]) == 2 and summary["margin"] > 0
+    assert isinstance(summary["beats_scratch_by_more_than_noise"], bool)
+    assert out.with_suffix(".png").is_file()
+
+
+@pytest.mark.bench
 def test_gstack_beats_scratch_at_equal_tokens_by_more_than_seed_noise(tmp_path):
     """bench/grow.py --quick: 3 seeds per arm, 8-layer target, 200k tokens each (about 4 minutes on
     2 idle cores; far longer on a busy machine). The runs are deterministic (1 thread, fixed seeds).

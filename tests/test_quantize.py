@@ -383,3 +383,64 @@ def test_smollm2_ternary_rtn_packs_and_reloads_with_the_same_logits(tmp_path):
     assert report["converted_linears"] == 30 * 7
     weights = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     assert weights < 0.5 * sum(p.numel() * 4 for p in source.parameters())  # packed, not fp32
+
+
+def test_qat_resumes_after_a_crash_to_the_uninterrupted_result(source, tmp_path, monkeypatch):
+    """A QAT run that dies after its step-3 checkpoint keeps its run folder; --resume ends where an
+    uninterrupted run ends (λ position restored by the hook state), and then removes the run folder."""
+    import lifecycle.train.engine as engine
+    from lifecycle.commands.quantize import preflight_quantize, run_quantize
+
+    train_cfg = {"steps": 6, "micro_batch_size": 4, "eval_every": 0, "log_every": 1, "lr": 1e-3, "save_every": 3}
+    kw = dict(train=train_cfg, **{"bitnet-b158": {"lambda_warmup_steps": 4}})
+    full = run_quantize(_options(source, tmp_path / "full", **kw))
+
+    real_train = engine.train
+
+    def crash_at_step_5(model, data, cfg, run_dir, *, hooks=None, **kwargs):
+        after = hooks.after_step
+
+        def after_step(m, step):
+            after(m, step)
+            if step == 5:
+                raise RuntimeError("simulated crash")
+
+        hooks.after_step = after_step
+        return real_train(model, data, cfg, run_dir, hooks=hooks, **kwargs)
+
+    monkeypatch.setattr(engine, "train", crash_at_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_quantize(_options(source, tmp_path / "part", **kw))
+    assert (tmp_path / ".part.run" / "qat" / "checkpoints" / "step-3").is_dir()
+    assert not (tmp_path / "part").exists()
+    monkeypatch.setattr(engine, "train", real_train)
+
+    opts = _options(source, tmp_path / "part", resume=True, **kw)
+    preflight_quantize(opts)
+    part = run_quantize(opts)
+    assert not (tmp_path / ".part.run").exists()
+    full_report = json.loads((full / "quantize_report.json").read_text())
+    part_report = json.loads((part / "quantize_report.json").read_text())
+    assert part_report["bitnet"]["final_lambda"] == 1.0
+    assert part_report["training"]["final_train_loss"] == pytest.approx(full_report["training"]["final_train_loss"], abs=1e-5)
+    from safetensors.torch import load_file
+
+    a, b = load_file(full / "model.safetensors"), load_file(part / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
+    # and a finished output with the same settings is a no-op
+    assert run_quantize(opts) == part
+
+
+def test_qat_resume_with_other_settings_is_refused_before_work(source, tmp_path):
+    from lifecycle.commands.quantize import preflight_quantize
+    from lifecycle.errors import LifecycleError
+
+    run = tmp_path / ".out.run" / "qat" / "checkpoints" / "step-2"
+    run.mkdir(parents=True)
+    (run / "trainer_state.json").write_text(json.dumps({"identity": {"train": {"lr": 0.5}}}))
+    opts = _options(source, tmp_path / "out", resume=True,
+                    train={"steps": 4, "micro_batch_size": 4, "eval_every": 0, "lr": 1e-3})
+    with pytest.raises(LifecycleError, match="belongs to another run"):
+        preflight_quantize(opts)

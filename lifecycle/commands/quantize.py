@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError, TrainingInterrupted
-from lifecycle.finish import default_run_dir, finish_run
+from lifecycle.finish import default_run_dir, finish_run, finished_already
 from lifecycle.methods.quantize.options import QuantizeOptions
 
 
@@ -43,11 +43,14 @@ def preflight_quantize(opts: QuantizeOptions, *, pending_models: bool = False) -
     from lifecycle import preflight as pf
     from lifecycle.methods.quantize import pipeline
 
-    pf.check_output(opts.output, overwrite=opts.overwrite)
-    method = opts.registered_method
-    trains = method.name in pipeline.TRAINING_METHODS and opts.train.steps > 0
+    pf.check_output(opts.output, overwrite=opts.overwrite or opts.resume)
+    trains = _trains(opts)
     if trains:
         pf.check_data(opts.data)
+        if opts.resume:
+            from lifecycle.methods.quantize.bitnet import QAT_RUN_SUBDIR
+
+            pf.check_resume(opts.output, opts.train, strict=opts.resume_strict, subdir=QAT_RUN_SUBDIR)
     group = opts.method_options
     if group is not None and hasattr(group, "check"):
         group.check(opts)
@@ -59,7 +62,7 @@ def preflight_quantize(opts: QuantizeOptions, *, pending_models: bool = False) -
         info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
         if info.config is not None:
             pipeline.check_not_quantized(info.config, opts.model)
-            if opts.export == "packed" and method.name in pipeline.TERNARY_METHODS:
+            if opts.export == "packed" and opts.registered_method.name in pipeline.TERNARY_METHODS:
                 _check_packable_config(info.config, opts.modules_to_not_convert)
         if trains:
             pf.check_positions(opts.block_size, info.max_positions, option="block_size")
@@ -84,21 +87,46 @@ def _check_packable_config(config, modules_to_not_convert: list[str]) -> None:
                                  "format cannot store it (export=online, or add it to modules_to_not_convert)")
 
 
+def _trains(opts: QuantizeOptions) -> bool:
+    from lifecycle.methods.quantize import pipeline
+
+    return opts.registered_method.name in pipeline.TRAINING_METHODS and opts.train.steps > 0
+
+
 @register("quantize", QuantizeOptions, help="BitNet b1.58 ternary QAT (packed 2-bit export) and post-training baselines.",
           preflight=preflight_quantize)
 def run_quantize(opts: QuantizeOptions) -> Path:
     from lifecycle.model.io import prepare_output_dir
 
-    prepare_output_dir(opts.output, opts.overwrite)
+    if opts.resume and not opts.overwrite and finished_already(opts):
+        return Path(opts.output).expanduser().resolve()
+    prepare_output_dir(opts.output, opts.overwrite or opts.resume)
     run_dir = default_run_dir(opts.output)
-    leave_run_dir = run_dir.exists()
+    # The run folder holds QAT checkpoints: kept when a run stops with one written (Ctrl-C, a crash),
+    # for --resume; removed once the output is written. A folder that was there before (not ours,
+    # not resumed) is left alone.
+    ours = not run_dir.exists() or opts.resume
     try:
-        return _quantize_and_save(opts)
-    except TrainingInterrupted as exc:  # QAT does not resume across a command restart (yet)
-        raise TrainingInterrupted(exc.step, exc.signum, None, resumable=False) from None
-    finally:
-        if not leave_run_dir:
+        out = _quantize_and_save(opts)
+    except TrainingInterrupted as exc:
+        if _has_checkpoint(run_dir):
+            raise
+        if ours:
             shutil.rmtree(run_dir, ignore_errors=True)
+        raise TrainingInterrupted(exc.step, exc.signum, None, resumable=False) from None
+    except BaseException:
+        if ours and not _has_checkpoint(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    from lifecycle.methods.quantize.bitnet import QAT_RUN_SUBDIR
+
+    return any((run_dir / QAT_RUN_SUBDIR / "checkpoints").glob("step-*"))
 
 
 def _quantize_and_save(opts: QuantizeOptions) -> Path:
@@ -128,7 +156,7 @@ def _quantize_and_save(opts: QuantizeOptions) -> Path:
     if training:
         lineage["metrics"]["training"] = training
     with eager_bitnet():
-        return finish_run(model, loaded.tokenizer, opts.output, lineage, overwrite=opts.overwrite, eval_after=opts.eval,
+        return finish_run(model, loaded.tokenizer, opts.output, lineage, overwrite=opts.overwrite or opts.resume, eval_after=opts.eval,
                           history=history, extra_files={"quantize_report.json": report},
                           plot_title=f"quantize ({opts.method})")
 

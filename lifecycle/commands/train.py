@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError
-from lifecycle.finish import default_run_dir, finish_run
+from lifecycle.finish import default_run_dir, finish_run, finished_already
 from lifecycle.options import EvalAfter, TextDataOptions
 from lifecycle.train.engine import TrainConfig
 
@@ -57,37 +57,6 @@ def build_start_model(opts: TrainOptions):
     return loaded.model, loaded.tokenizer, corpus, loaded.lineage, loaded.source
 
 
-def _finished_already(opts: TrainOptions) -> bool:
-    """``--resume`` on a finished output: a no-op that says so, when its settings are these.
-
-    A finished output with other settings (beyond a longer ``train.steps``, which resume extends) is
-    refused rather than overwritten.
-    """
-    import json
-
-    from lifecycle.model.card import LINEAGE_FILE
-    from lifecycle.train.resume import differences
-
-    out = Path(opts.output).expanduser().resolve()
-    lineage_file = out / LINEAGE_FILE
-    if not lineage_file.is_file():
-        return False
-    saved = json.loads(lineage_file.read_text()).get("options") or {}
-    ignore = {"resume", "resume_strict", "overwrite"}
-    now = {k: v for k, v in opts.model_dump(mode="json").items() if k not in ignore}
-    saved = {k: v for k, v in saved.items() if k not in ignore}
-    diff = differences(saved, now)
-    if not diff:
-        from rich.console import Console
-
-        Console(stderr=True, soft_wrap=True).print(f"already finished: {out} has these settings; nothing to do", highlight=False)
-        return True
-    if all(d.startswith(("train.steps:", "train.schedule_steps:")) for d in diff):
-        return False  # extending the run: the engine resumes from its last checkpoint if the schedule allows
-    raise LifecycleError(f"{out} is a finished run with other settings ({'; '.join(diff)}); "
-                         "--overwrite replaces it, or use a new output folder")
-
-
 def preflight_train(opts: TrainOptions, *, pending_models: bool = False) -> None:
     from lifecycle import preflight as pf
 
@@ -107,7 +76,7 @@ def run_train(opts: TrainOptions) -> Path:
     from lifecycle.model.io import prepare_output_dir
     from lifecycle.train.engine import make_accelerator, train
 
-    if opts.resume and not opts.overwrite and _finished_already(opts):
+    if opts.resume and not opts.overwrite and finished_already(opts):
         return Path(opts.output).expanduser().resolve()
     prepare_output_dir(opts.output, opts.overwrite or opts.resume)
     model, tokenizer, corpus, parent_lineage, parent = build_start_model(opts)

@@ -28,6 +28,7 @@ from lifecycle.methods.quantize import pipeline
 from lifecycle.methods.registry import register_method
 
 ScaleMethod = Literal["absmean", "absmedian"]
+QAT_RUN_SUBDIR = "qat"  # the engine's run folder (checkpoints, for --resume) inside the command's run folder
 
 
 class BitnetOptions(BaseModel):
@@ -126,7 +127,9 @@ def quantize_bitnet(ctx: pipeline.QuantizeContext) -> dict:
 
         kd = distillation_hooks(ctx.teacher, opts.distill, opts.distill_temperature)
         hooks.extra_loss, hooks.auxiliary_models = kd.extra_loss, kd.auxiliary_models
-    result = train(ctx.model, ctx.data, opts.train, ctx.run_dir / "qat", hooks=hooks, description="bitnet QAT")
+    resume = "strict" if opts.resume and opts.resume_strict else opts.resume
+    result = train(ctx.model, ctx.data, opts.train, ctx.run_dir / QAT_RUN_SUBDIR, hooks=hooks, resume=resume,
+                   description="bitnet QAT")
     ctx.model = result.model
     ctx.history = list(result.history)
     ctx.extra["result"] = result

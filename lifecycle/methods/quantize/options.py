@@ -26,6 +26,8 @@ class QuantizeOptions(MethodOptions):
     model: str = Field(..., description="model to quantize: folder, Hub id, .gguf, smollm2")
     output: str = Field(..., description="folder for the quantized checkpoint")
     overwrite: bool = False
+    resume: bool = Field(False, description="QAT: continue from the latest checkpoint of an interrupted run")
+    resume_strict: bool = Field(False, description="with resume: refuse to start when there is no checkpoint")
     method: str = Field("bitnet-b158", description="quantize method: bitnet-b158, ternary-rtn, bnb-nf4, bnb-int8 (lifecycle ls)")
     export: Literal["packed", "online", "master"] = Field(
         "packed", description="ternary methods: packed (uint8 2-bit, transformers bitlinear), online (fp master "
