@@ -375,8 +375,11 @@ def run_size(args, results: Results) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-quantize-size-"))
     try:
+        from lifecycle.methods.quantize.pipeline import _forget_gguf
+
         loaded = load_model(args.model)
         fp = loaded.model
+        _forget_gguf(fp)  # the GGUF input is dequantized in memory; save it as a plain fp16 checkpoint
         fp16_dir = work / "fp16"
         fp.to(torch.float16).save_pretrained(fp16_dir)
         fp.to(torch.float32)
@@ -459,6 +462,8 @@ def main() -> None:
     runners = {"tiny": run_tiny, "smollm2": run_smollm2, "bitlinear": run_bitlinear, "size": run_size}
     for part in parts:
         log(f"part {part}")
+        results.put({"command": results.data["environment"]["command"], "date": time.strftime("%Y-%m-%d %H:%M"),
+                     "load_average": list(os.getloadavg())}, part, "run")
         runners[part](args, results)
     log(f"wrote {args.out}")
 

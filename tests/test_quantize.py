@@ -443,3 +443,21 @@ def test_qat_resume_with_other_settings_is_refused_before_work(source, tmp_path)
                     train={"steps": 4, "micro_batch_size": 4, "eval_every": 0, "lr": 1e-3})
     with pytest.raises(LifecycleError, match="belongs to another run"):
         preflight_quantize(opts)
+
+
+def test_quantize_bench_tiny_part_runs_and_pairs_the_seeds(tmp_path):
+    """bench/quantize.py --smoke --part tiny (seconds): the code behind docs/quantize.md's table keeps
+    working; the smoke numbers are not evidence."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    out = tmp_path / "q.json"
+    subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "quantize.py"), "--smoke", "--part", "tiny", "--seeds", "0,1",
+                    "--threads", "1", "--out", str(out)], check=True, timeout=600, capture_output=True, cwd=REPO_ROOT)
+    tiny = json.loads(out.read_text())["tiny"]
+    assert len(tiny["runs"]) == 8 and all(r["tokens"] > 0 for r in tiny["runs"].values())
+    paired = tiny["summary"]["paired"]["b158_absmean - fp32"]
+    assert paired["n"] == 2 and len(paired["diffs"]) == 2 and paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
+    assert out.with_suffix(".png").is_file()
