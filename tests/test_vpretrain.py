@@ -310,3 +310,23 @@ def test_v_pretraining_without_feedback_is_refused(learner, tmp_path):
     opts = VPretrainOptions(model=str(learner), data="shakespeare", output=str(tmp_path / "o"))
     with pytest.raises(LifecycleError, match="needs --feedback"):
         preflight_vpretrain(opts)
+
+
+def test_saved_designer_loads_back_and_another_tokenizers_designer_is_refused(capsys, learner, tmp_path):
+    from lifecycle.boundary import run_guarded
+    from lifecycle.cli import app
+    from lifecycle.methods.vpretrain.designer import DesignerConfig, TaskDesigner
+    from lifecycle.methods.vpretrain.report import load_designer, save_designer
+
+    designer = TaskDesigner(50, 0.4, DesignerConfig(layers=1, hidden=16, heads=2, intermediate=16), seed=4)
+    save_designer(designer, tmp_path / "earlier", "fingerprint-a")
+    again = load_designer(tmp_path / "earlier", "fingerprint-a", 0.4, 64)
+    for key, value in designer.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])
+    with pytest.raises(LifecycleError, match="another tokenizer"):
+        load_designer(tmp_path / "earlier", "fingerprint-b", 0.4, 64)
+
+    code = run_guarded(app, _args(learner, tmp_path, f"v-pretraining.designer_init={tmp_path / 'earlier'}"))
+    captured = capsys.readouterr()
+    assert code != 0 and "another tokenizer" in captured.err + captured.out
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,7 @@ class VPretrainingOptions(BaseModel):
     feedback_batch_size: int = Field(8, ge=1, description="feedback examples per designer update")
     meta_length: int = Field(256, ge=2, description="tokens of the pretraining batch the meta step uses (paper: 256)")
     random_g_down: bool = Field(False, description="ablation: replace g_down by a random direction of the same norm")
+    designer_init: str | None = Field(None, description="start from the designer of an earlier vpretrain output (its folder)")
     designer: DesignerConfig = Field(default_factory=DesignerConfig)
 
 
@@ -70,6 +71,7 @@ class VPretrainOptions(MethodOptions):
     data_format: Literal["auto", "text", "supervised"] = Field(
         "auto", description="auto: .jsonl files, task folders and gsm8k are prompt/completion data, the rest plain text")
     feedback: str | None = Field(None, description="feedback set: prompt/completion JSONL of verified answers (v-pretraining)")
+    feedback_examples: int | None = Field(None, ge=1, description="use only the first N feedback examples")
     block_size: int = Field(256, ge=8, description="tokens per packed block / max example length")
     feedback_length: int = Field(512, ge=8, description="max tokens of a feedback example (paper: 512)")
     val_fraction: float = Field(0.05, ge=0, lt=1)

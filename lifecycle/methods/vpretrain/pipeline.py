@@ -43,11 +43,11 @@ def load_stream(opts: VPretrainOptions, tokenizer: Any) -> Any:
                 max_train_tokens=opts.max_train_tokens)
 
 
-def load_feedback(spec: str, tokenizer: Any, max_length: int) -> Any:
-    """The feedback set: every example is used (no held-out split), loss on the answers only."""
+def load_feedback(spec: str, tokenizer: Any, max_length: int, max_examples: int | None = None) -> Any:
+    """The feedback set: every example (or the first ``max_examples``), no held-out split, loss on the answers."""
     from lifecycle.data import load_supervised
 
-    return load_supervised(spec, tokenizer, max_length, val_fraction=0.0)
+    return load_supervised(spec, tokenizer, max_length, val_fraction=0.0, max_examples=max_examples)
 
 
 def apply_lora(model: nn.Module, opts: VPretrainOptions) -> nn.Module:
@@ -104,7 +104,7 @@ def vpretrain_model(opts: VPretrainOptions, loaded: Any, run_dir: str | Path, *,
     data = load_stream(opts, tokenizer)
     feedback = None
     if opts.feedback is not None:
-        feedback = load_feedback(opts.feedback, tokenizer, opts.feedback_length)
+        feedback = load_feedback(opts.feedback, tokenizer, opts.feedback_length, opts.feedback_examples)
         if feedback.num_train == 0:
             raise LifecycleError(f"feedback set {opts.feedback} has no examples")
     model = apply_lora(loaded.model, opts)

@@ -22,6 +22,27 @@ def save_designer(designer: nn.Module, folder: Path, tokenizer_fingerprint: str)
     (folder / DESIGNER_CONFIG).write_text(json.dumps(config, indent=2))
 
 
+def load_designer(folder: str | Path, tokenizer_fingerprint: str, alpha_max: float, max_positions: int) -> nn.Module:
+    """The designer saved in an earlier output, refused when it was built for another tokenizer."""
+    from safetensors.torch import load_file
+
+    from lifecycle.errors import LifecycleError
+    from lifecycle.methods.vpretrain.designer import DesignerConfig, TaskDesigner
+
+    root = Path(folder).expanduser()
+    config_file, weights_file = root / DESIGNER_CONFIG, root / DESIGNER_WEIGHTS
+    if not config_file.is_file() or not weights_file.is_file():
+        raise LifecycleError(f"designer_init {root}: no {DESIGNER_CONFIG} and {DESIGNER_WEIGHTS} (an output of lifecycle vpretrain)")
+    config = json.loads(config_file.read_text())
+    if config.get("tokenizer") != tokenizer_fingerprint:
+        raise LifecycleError(f"designer_init {root}: the designer was built for another tokenizer than the learner's "
+                             f"({config.get('tokenizer')} vs {tokenizer_fingerprint}); candidate ids would not match")
+    sizes = {k: config[k] for k in DesignerConfig.model_fields if k in config}
+    designer = TaskDesigner(int(config["vocab_size"]), alpha_max, DesignerConfig(**sizes), max_positions=max_positions)
+    designer.load_state_dict(load_file(str(weights_file)), strict=True)
+    return designer
+
+
 def metrics_document(rows: list[dict]) -> dict:
     """Per designer update (alignment value V, cosine, meta loss) and per learner step (gate, mass off y_t)."""
     return {"designer_updates": [r for r in rows if r.get("kind") == "designer"],
@@ -57,4 +78,4 @@ def plot_metrics(rows: list[dict], path: Path, title: str) -> Path | None:
     return path
 
 
-__all__ = ["DESIGNER_CONFIG", "DESIGNER_WEIGHTS", "metrics_document", "plot_metrics", "save_designer"]
+__all__ = ["DESIGNER_CONFIG", "DESIGNER_WEIGHTS", "load_designer", "metrics_document", "plot_metrics", "save_designer"]

@@ -13,6 +13,12 @@ def build_designer(ctx: VPretrainContext):
     from lifecycle.methods.vpretrain.designer import TaskDesigner
 
     group: VPretrainingOptions = ctx.opts.method_options
+    if group.designer_init is not None:
+        from lifecycle.data.packing import tokenizer_fingerprint
+        from lifecycle.methods.vpretrain.report import load_designer
+
+        return load_designer(group.designer_init, tokenizer_fingerprint(ctx.tokenizer), group.alpha_max,
+                             max(ctx.opts.block_size, 8))
     vocab = ctx.model.get_output_embeddings().weight.shape[0]
     return TaskDesigner(vocab, group.alpha_max, group.designer, max_positions=max(ctx.opts.block_size, 8),
                         seed=ctx.opts.train.seed)
