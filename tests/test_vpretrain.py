@@ -133,6 +133,39 @@ def test_meta_gradient_matches_finite_differences(monkeypatch, align):
     assert float(analytic) == pytest.approx(float(numeric), rel=2e-3)
 
 
+def test_alignment_subset_is_the_lora_matrices_of_the_last_two_layers(tiny_tokenizer):
+    from lifecycle.methods.vpretrain.options import VPretrainOptions
+    from lifecycle.methods.vpretrain.pipeline import apply_lora
+    from lifecycle.methods.vpretrain.value import alignment_parameters
+
+    opts = VPretrainOptions(model="m", data="d", output="o", feedback="f")
+    model = apply_lora(make_tiny_model(len(tiny_tokenizer), layers=3), opts)
+    names = [n for n, _ in alignment_parameters(model)]
+    assert names and all("lora_" in n for n in names)
+    assert {n.split("layers.")[1].split(".")[0] for n in names} == {"1", "2"}
+    assert len(names) == 2 * 7 * 2  # 2 layers x 7 linears x (A, B)
+
+
+def test_jvp_route_gives_the_same_meta_gradient_as_the_double_backward():
+    from lifecycle.methods.vpretrain.designer import DesignerConfig, TaskDesigner
+    from lifecycle.methods.vpretrain.value import alignment_parameters, feedback_gradient, meta_loss, meta_loss_jvp
+
+    learner = make_tiny_model(40, hidden_size=16, layers=3, heads=2, kv_heads=2, intermediate=32).double()
+    designer = TaskDesigner(40, 0.5, DesignerConfig(layers=1, hidden=16, heads=2, intermediate=16)).double()
+    with torch.no_grad():
+        for p in designer.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    named = alignment_parameters(learner)
+    params = [p for _, p in named]
+    g_down = feedback_gradient(learner, _batch(40, seed=1), params)
+    batch, phi = _batch(40, seed=2), list(designer.parameters())
+    hvp, parts = meta_loss(learner, designer, batch, params, g_down, k=6, align="dot", reg_weight=0.1)
+    jvp, jparts = meta_loss_jvp(learner, designer, batch, named, g_down, k=6, reg_weight=0.1)
+    assert jparts["value"] == pytest.approx(parts["value"], rel=1e-6)
+    for a, b in zip(torch.autograd.grad(hvp, phi), torch.autograd.grad(jvp, phi)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
 # --- on the engine -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -166,10 +199,11 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
-def test_designer_updates_exactly_every_r_steps_after_the_burn_in(tmp_path, stream, feedback, tiny_tokenizer):
+@pytest.mark.parametrize("route", ["hvp", "jvp"])
+def test_designer_updates_exactly_every_r_steps_after_the_burn_in(tmp_path, stream, feedback, tiny_tokenizer, route):
     from lifecycle.train.engine import train
 
-    state = _hooks(len(tiny_tokenizer), feedback)
+    state = _hooks(len(tiny_tokenizer), feedback, meta_gradient=route, align="dot" if route == "jvp" else "cosine")
     before = {k: v.clone() for k, v in state.designer.state_dict().items()}
     train(make_tiny_model(len(tiny_tokenizer)), stream, _cfg(), tmp_path / "run", hooks=state.hooks(), progress=False)
     assert state.updated_at == [2, 5, 8]  # burn-in 2, then every 3 (0-based learner steps)

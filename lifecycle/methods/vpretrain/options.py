@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifecycle.methods.registry import MethodOptions
 from lifecycle.methods.vpretrain.designer import DesignerConfig
@@ -40,6 +40,8 @@ class VPretrainingOptions(BaseModel):
     every: int = Field(8, ge=1, description="learner steps between designer updates (r)")
     burn_in: int = Field(16, ge=0, description="learner steps of plain next-token training before the first designer update")
     align: Literal["cosine", "dot"] = Field("cosine", description="Align(g_down, g_pre): cosine or the plain dot product V")
+    meta_gradient: Literal["hvp", "jvp"] = Field(
+        "hvp", description="hvp: double backward (create_graph); jvp: one forward-mode JVP (align=dot only)")
     reg_weight: float = Field(0.0, ge=0, description="λ: weight of R, the mass moved off the true token")
     align_layers: int = Field(2, ge=1, description="S: the learner's last N decoder layers (their LoRA parameters under LoRA)")
     feedback_batch_size: int = Field(8, ge=1, description="feedback examples per designer update")
@@ -47,6 +49,12 @@ class VPretrainingOptions(BaseModel):
     random_g_down: bool = Field(False, description="ablation: replace g_down by a random direction of the same norm")
     designer_init: str | None = Field(None, description="start from the designer of an earlier vpretrain output (its folder)")
     designer: DesignerConfig = Field(default_factory=DesignerConfig)
+
+    @model_validator(mode="after")
+    def _jvp_needs_dot(self) -> "VPretrainingOptions":
+        if self.meta_gradient == "jvp" and self.align != "dot":
+            raise ValueError("meta_gradient=jvp computes the dot-product alignment only; set align=dot")
+        return self
 
 
 class FixedTargetOptions(BaseModel):

@@ -29,7 +29,7 @@ from lifecycle.data.packing import epoch_order
 from lifecycle.errors import LifecycleError
 from lifecycle.methods.vpretrain.targets import candidate_set, next_tokens, self_r, soft_targets, uniform_r
 from lifecycle.methods.vpretrain.value import (Targets, alignment_parameters, designer_targets, feedback_gradient,
-                                               learner_loss, meta_loss, random_like_gradient)
+                                               learner_loss, meta_loss, meta_loss_jvp, random_like_gradient)
 from lifecycle.train.hooks import TrainHooks
 
 Mode = Literal["designer", "uniform", "self"]
@@ -55,7 +55,7 @@ class VPretrainHooks:
     def __init__(self, *, mode: Mode, k: int, schedule: Schedule, designer: nn.Module | None = None,
                  feedback: Any = None, designer_lr: float = 1e-4, align: str = "cosine", reg_weight: float = 0.0,
                  align_layers: int = 2, feedback_batch_size: int = 8, meta_length: int = 256,
-                 random_g_down: bool = False, fixed_alpha: float = 0.0, seed: int = 0):
+                 random_g_down: bool = False, fixed_alpha: float = 0.0, seed: int = 0, meta_gradient: str = "hvp"):
         if mode == "designer" and (designer is None or feedback is None):
             raise LifecycleError("V-Pretraining needs a designer and a feedback set")
         self.mode, self.k, self.schedule = mode, k, schedule
@@ -63,6 +63,7 @@ class VPretrainHooks:
         self.align, self.reg_weight, self.align_layers = align, reg_weight, align_layers
         self.feedback_batch_size, self.meta_length = feedback_batch_size, meta_length
         self.random_g_down, self.fixed_alpha, self.seed = random_g_down, fixed_alpha, seed
+        self.meta_gradient = meta_gradient
         self.optimizer = (torch.optim.AdamW(designer.parameters(), lr=designer_lr, weight_decay=0.0)
                           if designer is not None else None)
         self.updates = 0
@@ -144,14 +145,19 @@ class VPretrainHooks:
 
     def _designer_step(self, learner: nn.Module, batch: dict, step: int) -> None:
         device = batch["input_ids"].device
-        params = [p for _, p in alignment_parameters(learner, self.align_layers)]
+        named = alignment_parameters(learner, self.align_layers)
+        params = [p for _, p in named]
         g_down = feedback_gradient(learner, self.feedback_batch(self.updates, device), params)
         if self.random_g_down:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.updates)
             g_down = random_like_gradient(g_down, generator)
         meta_batch = {k: v[:, : self.meta_length] for k, v in batch.items()}
-        loss, parts = meta_loss(learner, self.designer, meta_batch, params, g_down, k=self.k, align=self.align,
-                                reg_weight=self.reg_weight)
+        if self.meta_gradient == "jvp":
+            loss, parts = meta_loss_jvp(learner, self.designer, meta_batch, named, g_down, k=self.k,
+                                        reg_weight=self.reg_weight)
+        else:
+            loss, parts = meta_loss(learner, self.designer, meta_batch, params, g_down, k=self.k, align=self.align,
+                                    reg_weight=self.reg_weight)
         designer_params = [p for p in self.designer.parameters() if p.requires_grad]
         grads = torch.autograd.grad(loss, designer_params, allow_unused=True, materialize_grads=True)
         for p, g in zip(designer_params, grads):

@@ -34,4 +34,5 @@ def v_pretraining(ctx: VPretrainContext) -> VPretrainHooks:
                           designer=build_designer(ctx), feedback=ctx.feedback, designer_lr=group.designer_lr,
                           align=group.align, reg_weight=group.reg_weight, align_layers=group.align_layers,
                           feedback_batch_size=group.feedback_batch_size, meta_length=group.meta_length,
-                          random_g_down=group.random_g_down, seed=ctx.opts.train.seed)
+                          random_g_down=group.random_g_down, seed=ctx.opts.train.seed,
+                          meta_gradient=group.meta_gradient)
