@@ -231,6 +231,28 @@ def merge(
     _done(out)
 
 
+@app.command()
+def vpretrain(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the learner checkpoint (designer saved beside it)."),
+    model: str = typer.Option(..., "--model", "-m", help="Learner: folder, Hub id, .gguf file, or smollm2."),
+    data: Optional[str] = typer.Option(None, help="Pretraining stream: corpus spec, or prompt/completion JSONL (loss on answers)."),
+    feedback: Optional[Path] = typer.Option(None, help="Feedback set: prompt/completion JSONL of verified answers."),
+    method: Optional[str] = typer.Option(None, help="v-pretraining (default), ntp, uniform-topk or self-topk."),
+    steps: Optional[int] = typer.Option(None, help="Learner optimizer steps (train.steps)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Continued pretraining with targets shaped by a learned task designer (V-Pretraining)."""
+    flags = {"output": str(output), "model": model, "data": data, "method": method,
+             "feedback": str(feedback) if feedback else None, "overwrite": overwrite or None, "resume": resume or None}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("vpretrain", flags, overrides or [], options)
+    _done(out)
+
+
 @app.command(name="eval")
 def eval_(
     model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),

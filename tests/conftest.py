@@ -32,6 +32,15 @@ def shared_data() -> Path:
     return shared_data_dir()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: the cores are shared, and oversubscribed threads crawl."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus():
     """A small slice of real text (the shared Shakespeare corpus) as a Corpus."""

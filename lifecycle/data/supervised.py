@@ -351,6 +351,27 @@ def _tokenize_file(
     return Examples.build(rows), truncated
 
 
+def check_supervised_file(spec: str | Path, *, what: str = "data") -> int:
+    """Preflight for a supervised spec without a tokenizer: the file exists, and every row has non-empty
+    prompt and completion fields (as :func:`load_supervised` reads them). Returns the number of rows."""
+    try:
+        path_str, options = _parse_spec(spec)
+        source = _resolve(path_str)
+        data = source.train.read_bytes()
+        fields = _choose_fields(source.train, data, options.get("prompt"), options.get("completion"))
+        count = 0
+        for line_no, row in iter_jsonl(source.train, data):
+            for name in fields:
+                if not _text(row, name, source.train, line_no).strip():
+                    raise LifecycleError(f"{source.train}:{line_no}: field '{name}' is empty")
+            count += 1
+        if count == 0:
+            raise LifecycleError(f"{source.train} has no examples (the file is empty)")
+        return count
+    except LifecycleError as exc:
+        raise LifecycleError(f"{what}: {exc}") from None
+
+
 def load_supervised(
     spec: str | Path,
     tokenizer: Any,
