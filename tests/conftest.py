@@ -122,3 +122,12 @@ def cli_runner():
         return proc.returncode, proc.stdout + proc.stderr
 
     return run
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (the CI machines are shared; more threads only contend)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
