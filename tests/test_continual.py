@@ -61,8 +61,9 @@ def test_gradient_projection_is_orthogonal_to_the_top_subspace():
     assert (layer.V_low.grad @ layer.V_high.T).abs().max() < 1e-5
 
 
-def _osft_train(tiny_tokenizer, tmp_path, method: str):
-    """Three engine steps of ``method`` on copa from a tiny model; returns (before, after) models."""
+def _osft_train(tiny_tokenizer, tmp_path, method: str, tasks: str = "copa"):
+    """Three engine steps of ``method`` per task (the pipeline's boundary calls, no scoring) from a tiny
+    model; returns (model before, model after, the method object, losses added by extra_loss)."""
     import copy
 
     from lifecycle.methods.continual.base import TaskContext
@@ -71,24 +72,38 @@ def _osft_train(tiny_tokenizer, tmp_path, method: str):
     from lifecycle.methods.continual.tasks import resolve_task
     from lifecycle.train.engine import train
 
-    opts = ContinualOptions.model_validate({"model": "x", "tasks": "copa", "output": str(tmp_path / "o"), "method": method,
+    opts = ContinualOptions.model_validate({"model": "x", "tasks": tasks, "output": str(tmp_path / "o"), "method": method,
                                             "max_train_examples": 16, "max_length": 96,
                                             "train": {"steps": 3, "lr": 1e-2, "micro_batch_size": 4}})
     model = make_tiny_model(len(tiny_tokenizer), seed=1)
     before = copy.deepcopy(model)
-    task = resolve_task("copa")
-    data = load_task_data(task, tiny_tokenizer, opts)
+    specs = [resolve_task(t) for t in opts.tasks]
+    datas = [load_task_data(t, tiny_tokenizer, opts) for t in specs]
     m = opts.registered_method.run(opts)
-    ctx = TaskContext(0, [task], model, tiny_tokenizer, data, None, [data], opts, log=lambda s: None)
-    hooks = m.begin_task(ctx)
-    result = train(model, data, opts.train, tmp_path / "run", hooks=hooks, progress=False)
-    return before, result.model, m
+    extra: list[float] = []
+    for i in range(len(specs)):
+        ctx = TaskContext(i, specs, model, tiny_tokenizer, datas[i], datas[i - 1] if i else None, datas[: i + 1], opts,
+                          log=lambda s: None)
+        hooks = m.begin_task(ctx)
+        if hooks is not None and hooks.extra_loss is not None:
+            inner = hooks.extra_loss
+
+            def recording(mod, batch, out, inner=inner):
+                value = inner(mod, batch, out)
+                extra.append(0.0 if value is None else float(value.detach()))
+                return value
+            hooks.extra_loss = recording
+        cfg = m.train_config(opts.train.model_copy(), ctx)
+        ctx.model = train(ctx.model, m.train_data(ctx), cfg, tmp_path / f"run{i}", hooks=hooks, progress=False).model
+        m.end_task(ctx)
+        model = ctx.model
+    return before, model, m, extra
 
 
 def test_osft_keeps_each_matrix_top_subspace_unchanged(tiny_tokenizer, tmp_path):
     from lifecycle.methods.continual.osft import OSFTLinear, target_linears
 
-    before, after, method = _osft_train(tiny_tokenizer, tmp_path / "osft", "osft")
+    before, after, method, _ = _osft_train(tiny_tokenizer, tmp_path / "osft", "osft")
     ranks = method.stats["boundaries"][0]["preserved_ranks"]
     assert not any(isinstance(getattr(p, n), OSFTLinear) for _, p, n in target_linears(after))  # dense again
     moved = 0.0
@@ -105,7 +120,7 @@ def test_osft_keeps_each_matrix_top_subspace_unchanged(tiny_tokenizer, tmp_path)
 
 def test_sequential_fine_tuning_does_move_the_top_subspace(tiny_tokenizer, tmp_path):
     """The check above can fail: without the projections the top subspace changes."""
-    before, after, _ = _osft_train(tiny_tokenizer, tmp_path / "seq", "seq-ft")
+    before, after, _, _ = _osft_train(tiny_tokenizer, tmp_path / "seq", "seq-ft")
     w0 = before.model.layers[0].self_attn.q_proj.weight.detach()
     w1 = after.model.layers[0].self_attn.q_proj.weight.detach()
     U, _, _ = torch.linalg.svd(w0, full_matrices=False)
@@ -136,6 +151,31 @@ def test_olora_orthogonality_loss_is_zero_only_for_orthogonal_a():
     assert float(orthogonality_loss([old], new)) < 1e-5
     assert float(orthogonality_loss([old], new + 0.1 * old)) > 0.1
     assert float(orthogonality_loss([], new)) == 0.0
+
+
+def test_olora_penalises_overlap_with_the_first_adapter_and_exports_a_plain_model(tiny_tokenizer, tmp_path):
+    _, after, method, extra = _osft_train(tiny_tokenizer, tmp_path, "olora", tasks="copa,rte")
+    assert not any("lora" in n for n, _ in after.named_parameters())  # merged: a plain model
+    assert all(len(v) == 2 for v in method.old_a.values()) and method.old_a
+    assert extra[:3] == [0.0, 0.0, 0.0] and all(v > 0 for v in extra[3:])  # no earlier A on task 1
+
+
+def test_slca_backbone_moves_far_less_than_under_sequential_fine_tuning(tiny_tokenizer, tmp_path):
+    before, slca, _, _ = _osft_train(tiny_tokenizer, tmp_path / "slca", "slca")
+    _, seq, _, _ = _osft_train(tiny_tokenizer, tmp_path / "seq", "seq-ft")
+
+    def moved(model, name):
+        return float((dict(model.named_parameters())[name] - dict(before.named_parameters())[name]).abs().max())
+
+    backbone = "model.layers.0.mlp.up_proj.weight"
+    assert moved(slca, backbone) < 0.05 * moved(seq, backbone)
+    assert moved(slca, "model.embed_tokens.weight") > 0.3 * moved(seq, "model.embed_tokens.weight")  # the (tied) head
+
+
+def test_ewc_penalty_starts_on_the_second_task(tiny_tokenizer, tmp_path):
+    _, _, method, extra = _osft_train(tiny_tokenizer, tmp_path, "ewc", tasks="copa,rte")
+    assert method.fisher and all(float(f.sum()) >= 0 for f in method.fisher.values())
+    assert len(extra) == 3 and extra[0] == 0.0 and extra[-1] > 0  # task 1 has no hooks; task 2 drifts from θ*
 
 
 def test_accuracy_matrix_metrics_on_a_known_matrix():
