@@ -313,3 +313,11 @@ def test_labels_the_tokenizer_cannot_tell_apart_are_refused(tmp_path):
     with pytest.raises(LifecycleError, match="cannot tell them apart"):
         check_labels_distinct(task, Lowercasing())
     check_labels_distinct(resolve_task("copa"), Lowercasing())  # A / B are fine
+
+
+def test_every_continual_method_is_registered_with_its_paper():
+    from lifecycle.methods.registry import methods_for
+
+    methods = methods_for("continual")
+    assert set(methods) == {"osft", "olora", "seq-ft", "seq-lora", "l2", "ewc", "replay", "slca", "multitask"}
+    assert all(m.paper for m in methods.values())
