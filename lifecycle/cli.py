@@ -213,6 +213,28 @@ def quantize(
 
 
 @app.command()
+def continual(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the final model (per-task checkpoints in its tasks/)."),
+    model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated task sequence: task folders or names in shared/data/continual."),
+    method: Optional[str] = typer.Option(None, help="osft (default), olora, seq-ft, seq-lora, l2, ewc, replay, slca or multitask."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per task (train.steps)."),
+    limit: Optional[int] = typer.Option(None, help="Test items scored per task."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (at the task and step where it stopped)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
+    overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+) -> None:
+    """Train a task sequence without forgetting (OSFT, O-LoRA, baselines); writes the accuracy matrix, AA, BWT, FWT."""
+    flags = {"output": str(output), "model": model, "tasks": tasks, "method": method, "limit": limit,
+             "resume": resume or None, "overwrite": overwrite or None}
+    if steps is not None:
+        flags["train"] = {"steps": steps}
+    out = run_command("continual", flags, overrides or [], options)
+    _done(out)
+
+
+@app.command()
 def merge(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="mergekit YAML (merge_method, models, base_model, parameters, dtype)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged checkpoint."),

@@ -230,12 +230,18 @@ def train(
         params = hooks.trainable_parameters(model)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    # A hook may return groups {"params": [...], "lr_scale": s} (a slow backbone, a fast head).
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    if not any(len(list(g["params"])) for g in groups):
         raise LifecycleError("nothing to train: no parameter requires gradients")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    param_groups = []
+    for group in groups:
+        members = list(group["params"])
+        scale = float(group.get("lr_scale", 1.0))
+        param_groups += [{"params": [p for p in members if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                         {"params": [p for p in members if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        param_groups,
         lr=lr_at(start_step, cfg),
         betas=(cfg.beta1, cfg.beta2),
     )
@@ -340,7 +346,7 @@ def train(
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             position = skip_blocks + step * global_batch
             step_loss_sum = torch.zeros((), device=device)  # summed on the device: one sync per step, not per micro-batch
             for micro in range(cfg.grad_accum):

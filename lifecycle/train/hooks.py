@@ -33,7 +33,8 @@ class TrainHooks:
       steps inside backward.
     - ``after_step(model, step)``: after the optimizer step (re-masking pruned weights, quantizing).
     - ``trainable_parameters(model) -> list``: which parameters the optimizer sees (default: all with
-      ``requires_grad``).
+      ``requires_grad``); or a list of groups ``{"params": [...], "lr_scale": s}``, each at ``s`` times
+      the scheduled LR (SLCA's slow backbone).
 
     Data and state
     - ``sampler(epoch) -> LongTensor``: the order of training examples for an epoch (default
