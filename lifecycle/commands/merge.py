@@ -21,12 +21,20 @@ from lifecycle.methods.merge.options import MergeOptions
 
 def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None:
     from lifecycle import preflight as pf
+    from lifecycle.methods.merge.common import merge_spec
     from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers, check_compatible, check_layer_ranges, check_sources
 
     pf.check_output(opts.output, overwrite=opts.overwrite)
     check_sources(opts)
     pf.check_eval(opts.eval)
     if pending_models:
+        return
+    spec = merge_spec(opts.merge_method)
+    if spec.whole_model:  # logit MoE, LoRA fusion: the method knows what its inputs must agree on
+        for source in opts.sources():
+            if not spec.adapter_inputs or source == opts.base_model:
+                pf.model_info(source)
+        spec.check(opts)
         return
     sources = opts.sources()
     for source in sources:
