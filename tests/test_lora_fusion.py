@@ -1,0 +1,175 @@
+"""Exact LoRA fusion: lora_concat (Σ wᵢ sᵢ BᵢAᵢ exactly) and lora_svd (its best rank-k factorisation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifecycle.errors import LifecycleError
+from lifecycle.methods.merge.lora_io import read_adapter
+from lifecycle.methods.merge.pipeline import merge_models
+from tests.conftest import make_tiny_model
+from tests.test_merge import _one_thread, _save  # noqa: F401 - _one_thread is an autouse fixture
+
+VOCAB = 320
+
+
+def _adapter(base_model, folder: Path, *, r: int, alpha: int, targets: list[str], seed: int, rslora: bool = False) -> Path:
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(base_model),
+                                LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora))
+    with torch.no_grad():  # peft starts B at zero; a trained adapter has both factors non-zero
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("lora-inputs")
+    base_model = make_tiny_model(len(tiny_tokenizer), seed=0)
+    out = {"base_model": base_model, "base": _save(base_model, tiny_tokenizer, root / "base")}
+    out["a"] = _adapter(base_model, root / "a", r=2, alpha=4, targets=["q_proj", "v_proj"], seed=1)
+    out["b"] = _adapter(base_model, root / "b", r=4, alpha=4, targets=["q_proj", "up_proj"], seed=2, rslora=True)
+    out["c"] = _adapter(base_model, root / "c", r=2, alpha=4, targets=["q_proj", "v_proj"], seed=4)
+    other = make_tiny_model(len(tiny_tokenizer), seed=0, hidden_size=48, heads=4, kv_heads=2)
+    out["other_base"] = _adapter(other, root / "other_base", r=2, alpha=2, targets=["q_proj"], seed=3)
+    return out
+
+
+def _want(loras, weights):
+    """Σ wᵢ sᵢ BᵢAᵢ per module, from peft's own description of each adapter's scaling."""
+    want: dict[str, torch.Tensor] = {}
+    for name, w in zip(("a", "b"), weights):
+        adapter = read_adapter(loras[name])
+        for module in adapter.modules:
+            want[module] = want.get(module, 0) + w * adapter.delta(module)
+    return want
+
+
+def _deltas(folder: Path) -> dict[str, torch.Tensor]:
+    adapter = read_adapter(folder)
+    return {m: adapter.delta(m) for m in adapter.modules}
+
+
+def _config(method, loras, weights, **parameters):
+    return {"merge_method": method, "base_model": str(loras["base"]),
+            "models": [{"model": str(loras[n]), "parameters": {"weight": w}} for n, w in zip(("a", "b"), weights)],
+            **({"parameters": parameters} if parameters else {})}
+
+
+def test_rslora_scaling_is_read_as_peft_applies_it(loras):
+    adapter = read_adapter(loras["b"])
+    a, b, scaling = adapter.modules["model.layers.0.self_attn.q_proj"]
+    assert scaling == pytest.approx(4 / 4 ** 0.5) and a.shape == (4, 32) and b.shape == (32, 4)
+
+
+def test_concat_is_the_exact_weighted_sum_of_updates_and_loads_in_peft(loras, tmp_path):
+    from peft import PeftModel
+
+    weights = [0.7, -0.4]
+    out = merge_models(_config("lora_concat", loras, weights), tmp_path / "cat")
+    want, got = _want(loras, weights), _deltas(out)
+    assert set(got) == set(want)  # q_proj from both, v_proj from a only, up_proj from b only
+    for module in want:
+        torch.testing.assert_close(got[module], want[module], atol=1e-6, rtol=0)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 6 and config["lora_alpha"] == 6
+    # peft itself applies it: the fused model's weights are base + Σ wᵢ ΔWᵢ
+    import copy
+
+    merged = PeftModel.from_pretrained(copy.deepcopy(loras["base_model"]), str(out)).merge_and_unload()
+    base = loras["base_model"].state_dict()
+    for module, delta in want.items():
+        torch.testing.assert_close(merged.state_dict()[f"{module}.weight"].double() - base[f"{module}.weight"].double(),
+                                   delta, atol=1e-5, rtol=0)
+
+
+def test_concat_equals_peft_cat_and_peft_linear_is_lossy(loras, tmp_path):
+    import copy
+
+    from peft import PeftModel
+
+    weights = [0.6, 0.9]
+    ours = _deltas(merge_models(_config("lora_concat", loras, weights), tmp_path / "cat"))
+    model = PeftModel.from_pretrained(copy.deepcopy(loras["base_model"]), str(loras["a"]), adapter_name="a")
+    model.load_adapter(str(loras["b"]), adapter_name="b")
+    model.add_weighted_adapter(["a", "b"], weights, "cat", combination_type="cat")
+    q = model.base_model.model.model.layers[0].self_attn.q_proj
+    torch.testing.assert_close(q.get_delta_weight("cat").double(), ours["model.layers.0.self_attn.q_proj"], atol=1e-6, rtol=0)
+    # peft's linear averages the A's and the B's separately (it needs equal ranks: a and c), so the
+    # cross terms B_a A_c and B_c A_a enter; the exact average is what lora_concat writes
+    model.load_adapter(str(loras["c"]), adapter_name="c")
+    model.add_weighted_adapter(["a", "c"], [0.5, 0.5], "lin", combination_type="linear")
+    exact = 0.5 * q.get_delta_weight("a").double() + 0.5 * q.get_delta_weight("c").double()
+    lossy = float(torch.linalg.matrix_norm(q.get_delta_weight("lin").double() - exact) / torch.linalg.matrix_norm(exact))
+    assert lossy > 0.1
+    config = {"merge_method": "lora_concat", "base_model": str(loras["base"]),
+              "models": [{"model": str(loras[n]), "parameters": {"weight": 0.5}} for n in ("a", "c")]}
+    ours_ac = _deltas(merge_models(config, tmp_path / "cat_ac"))
+    torch.testing.assert_close(ours_ac["model.layers.0.self_attn.q_proj"], exact, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("rank", [6, 3, 1])
+def test_svd_is_exact_at_full_rank_and_eckart_young_optimal_below_it(rank, loras, tmp_path):
+    weights = [1.0, 0.5]
+    out = merge_models(_config("lora_svd", loras, weights, rank=rank), tmp_path / "svd")
+    want, got = _want(loras, weights), _deltas(out)
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == rank
+    for module, delta in want.items():
+        s = torch.linalg.svdvals(delta)
+        optimum = float(s[rank:].pow(2).sum().sqrt())
+        error = float(torch.linalg.matrix_norm(got[module] - delta))
+        assert error == pytest.approx(optimum, abs=1e-5 * max(1.0, float(s[0])))
+        if rank >= int((s > 1e-9 * s[0]).sum()):  # q_proj has rank 6, the others 2 and 4
+            assert error < 1e-5
+    q = "model.layers.0.self_attn.q_proj"
+    if rank < 6:  # the combined q_proj update has rank 6 and truncation must lose something
+        assert float(torch.linalg.matrix_norm(got[q] - want[q])) > 1e-3
+
+
+def test_svd_matches_peft_svd_at_the_same_rank(loras, tmp_path):
+    import copy
+
+    from peft import PeftModel
+
+    ours = _deltas(merge_models(_config("lora_svd", loras, [1.0, 1.0], rank=3), tmp_path / "svd"))
+    model = PeftModel.from_pretrained(copy.deepcopy(loras["base_model"]), str(loras["a"]), adapter_name="a")
+    model.load_adapter(str(loras["b"]), adapter_name="b")
+    model.add_weighted_adapter(["a", "b"], [1.0, 1.0], "svd", combination_type="svd", svd_rank=3)
+    q = model.base_model.model.model.layers[1].self_attn.q_proj
+    torch.testing.assert_close(q.get_delta_weight("svd").double(), ours["model.layers.1.self_attn.q_proj"], atol=1e-5, rtol=0)
+
+
+def test_bad_lora_inputs_are_one_line_errors_that_write_nothing(loras, tmp_path):
+    from lifecycle.cli import run_command
+
+    a, b, base = str(loras["a"]), str(loras["b"]), str(loras["base"])
+    (tmp_path / "not_lora").mkdir()
+    cases = [
+        ({"merge_method": "lora_concat", "base_model": base, "models": [a, str(loras["other_base"])]},
+         "does not fit base model .*q_proj is \\[32, 32\\] in the base but B·A is \\[48, 48\\]"),
+        ({"merge_method": "lora_concat", "base_model": base, "models": [a]}, "at least two LoRA adapters, got 1"),
+        ({"merge_method": "lora_concat", "models": [a, b]}, "needs base_model"),
+        ({"merge_method": "lora_concat", "base_model": base, "models": [a, str(tmp_path / "not_lora")]}, "is not a peft LoRA adapter folder"),
+        ({"merge_method": "lora_svd", "base_model": base, "models": [a, b], "parameters": {"rank": 0}},
+         "rank must be a positive integer"),
+        ({"merge_method": "lora_concat", "base_model": base,
+          "models": [{"model": a, "parameters": {"weight": 0}}, {"model": b, "parameters": {"weight": 0}}]},
+         "every adapter's weight is 0"),
+    ]
+    out = tmp_path / "out"
+    for values, message in cases:
+        with pytest.raises(LifecycleError, match=message) as info:
+            run_command("merge", {**values, "output": str(out)}, [])
+        assert "\n" not in str(info.value)
+        assert not out.exists() and not list(tmp_path.glob(".out*"))
