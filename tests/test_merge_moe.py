@@ -184,3 +184,12 @@ def test_bad_expert_sets_are_one_line_errors_that_write_nothing(experts, tmp_pat
             run_command("merge", {"merge_method": "logit_moe", **values, "output": str(out)}, [])
         assert "\n" not in str(info.value)
         assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_recipe_merge_logit_moe_is_shipped_and_plans():
+    from lifecycle.recipe import plan_recipe
+
+    _, planned, _ = plan_recipe(Path(__file__).resolve().parents[1] / "recipes" / "merge_logit_moe.yaml")
+    merges = {s.name: s for s in planned if s.command.name == "merge"}
+    assert merges["moe"].models_refs == ["steps.expert_drama", "steps.expert_c"]
+    assert merges["moe"].raw["merge_method"] == "logit_moe"
