@@ -173,3 +173,66 @@ def test_bad_lora_inputs_are_one_line_errors_that_write_nothing(loras, tmp_path)
             run_command("merge", {**values, "output": str(out)}, [])
         assert "\n" not in str(info.value)
         assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+# -- icm_fusion (experimental reconstruction) ------------------------------------------------------------
+
+
+def _memory_adapters(count: int, seed: int = 0):
+    from lifecycle.methods.merge.lora_io import LoraAdapter
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(count):
+        modules = {f"model.layers.{j}.self_attn.q_proj": (torch.randn(2, 16, generator=g), torch.randn(16, 2, generator=g) * 0.1, 2.0)
+                   for j in range(2)}
+        out.append(LoraAdapter(Path(f"task{i}"), {"peft_type": "LORA", "r": 2}, modules))
+    return out
+
+
+def test_icm_fusion_vae_reconstructs_each_task_lora_from_its_own_task_vector():
+    from lifecycle.methods.merge.icm_fusion import FusionVAE, conflict, flatten, train_fusion_vae, unflatten
+
+    adapters = _memory_adapters(3)
+    flat = flatten(adapters)
+    task_vectors = torch.nn.functional.normalize(torch.randn(3, 24, generator=torch.Generator().manual_seed(1)), dim=-1)
+    trained = train_fusion_vae(flat.vectors, task_vectors, steps=300, seed=0)
+    untrained = FusionVAE(flat.vectors.shape[1], 24, 16, 16, 256).eval()
+    for i, adapter in enumerate(adapters):
+        for model, bound in ((trained, 0.3), (untrained, None)):
+            with torch.no_grad():
+                vector = model.decode(torch.zeros(1, model.latent), model.condition(task_vectors[i:i + 1]))[0]
+            decoded = unflatten(flat, vector, flat.means[i], flat.stds[i])
+            errors = []
+            for module, (a, b, _) in adapter.modules.items():
+                assert decoded[module][0].shape == a.shape and decoded[module][1].shape == b.shape
+                errors.append(float(torch.linalg.matrix_norm(decoded[module][1] @ decoded[module][0] - b @ a)
+                                    / torch.linalg.matrix_norm(b @ a)))
+            if bound is not None:
+                assert max(errors) < bound, errors
+            else:
+                assert max(errors) > 0.5  # the bound above is not met by chance
+    with torch.no_grad():  # the learned projection pushes the task directions apart
+        assert float(conflict(trained.condition(task_vectors))) < float(conflict(torch.nn.functional.normalize(
+            FusionVAE(flat.vectors.shape[1], 24, 16, 16, 256).project(task_vectors), dim=-1))) + 1e-6
+
+
+def test_icm_fusion_end_to_end_writes_an_adapter_peft_loads(loras, tmp_path):
+    import copy
+
+    from peft import PeftModel
+
+    prompts = {}
+    for name, lines in (("a", ["To be or not to be", "Wherefore art thou"]), ("c", ["int main(void) {", "#include <stdio.h>"])):
+        prompts[name] = tmp_path / f"{name}.txt"
+        prompts[name].write_text("\n".join(lines) + "\n")
+    config = {"merge_method": "icm_fusion", "base_model": str(loras["base"]), "parameters": {"steps": 60},
+              "models": [{"model": str(loras[n]), "parameters": {"weight": 0.5, "data": str(prompts[n])}} for n in ("a", "c")]}
+    out = merge_models(config, tmp_path / "icm")
+    fused = read_adapter(out)
+    assert sorted(fused.modules) == sorted(read_adapter(loras["a"]).modules)
+    assert json.loads((out / "lifecycle.json").read_text())["merge"]["experimental"] is True
+    PeftModel.from_pretrained(copy.deepcopy(loras["base_model"]), str(out))
+    with pytest.raises(LifecycleError, match="every adapter needs parameters.data"):
+        merge_models({**config, "models": [str(loras["a"]), str(loras["c"])]}, tmp_path / "icm2")
+    assert not (tmp_path / "icm2").exists()

@@ -3,7 +3,7 @@
 Methods (``merge_method``, registered in :mod:`lifecycle.methods.merge`; ``lifecycle ls`` lists them):
 ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, with mergekit's
 semantics and defaults; ``logit_moe`` (one checkpoint running every expert, logits averaged); and
-``lora_concat`` / ``lora_svd`` (``models:`` are peft LoRA adapter folders, ``base_model`` the model
+``lora_concat`` / ``lora_svd`` and the EXPERIMENTAL ``icm_fusion`` (``models:`` are peft LoRA adapter folders, ``base_model`` the model
 they adapt; the output is one adapter). The last three write their output themselves
 (``MergeSpec.whole_model``) and bring their own preflight (``MergeSpec.check``). ``lifecycle merge --config merge.yml -o OUT`` runs a mergekit config unchanged;
 in a recipe, ``models: [steps.a, steps.b]`` takes earlier steps' outputs.
@@ -51,7 +51,7 @@ def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None
             reader.close()
 
 
-@register("merge", MergeOptions, help="Merge models from a mergekit YAML: weights (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp), a logit-averaging MoE (logit_moe), or peft LoRA adapters exactly (lora_concat, lora_svd).",
+@register("merge", MergeOptions, help="Merge models from a mergekit YAML: weights (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp), a logit-averaging MoE (logit_moe), or peft LoRA adapters exactly (lora_concat, lora_svd); icm_fusion is EXPERIMENTAL (a reconstruction, see docs/merge.md).",
           model_field=None, models_field="models", preflight=preflight_merge)
 def run_merge(opts: MergeOptions) -> Path:
     from lifecycle.methods.merge.pipeline import merge_models
