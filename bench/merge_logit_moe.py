@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "merge_logit_moe.yaml"
-MODELS = ("expert_drama", "expert_c", "moe", "average")
+MODELS = ("expert_drama", "expert_c", "moe", "moe_trained", "average")
 
 
 def held_out() -> dict[str, str]:
@@ -57,7 +57,7 @@ def run_seed(seed: int, work: Path) -> dict[str, dict[str, float]]:
     work.mkdir(parents=True, exist_ok=True)
     recipe = work / RECIPE.name  # the recipe's output_dir is relative: keep each seed's run in its folder
     recipe.write_text(RECIPE.read_text())
-    overrides = [f"{step}.train.seed={seed}" for step in ("base", "expert_drama", "expert_c")]
+    overrides = [f"{step}.train.seed={seed}" for step in ("base", "expert_drama", "expert_c", "moe_trained")]
     started = time.time()
     subprocess.run([sys.executable, "-m", "lifecycle", "run", str(recipe), *overrides], cwd=work, check=True,
                    env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})

@@ -193,3 +193,21 @@ def test_recipe_merge_logit_moe_is_shipped_and_plans():
     merges = {s.name: s for s in planned if s.command.name == "merge"}
     assert merges["moe"].models_refs == ["steps.expert_drama", "steps.expert_c"]
     assert merges["moe"].raw["merge_method"] == "logit_moe"
+
+
+def test_the_moe_trains_further_on_the_engine_and_stays_a_hub_loadable_checkpoint(experts, tmp_path, tiny_tokenizer):
+    from lifecycle.cli import run_command
+
+    moe = merge_models({"merge_method": "logit_moe", "models": [str(experts["a"]), str(experts["b"])]}, tmp_path / "moe")
+    trained = run_command("train", {"model": str(moe), "data": "shakespeare", "output": str(tmp_path / "trained"),
+                                    "block_size": 32, "max_train_tokens": 20000,
+                                    "train": {"steps": 3, "micro_batch_size": 4, "lr": 1e-2}}, [])
+    config = json.loads((trained / "config.json").read_text())
+    assert config["model_type"] == "lifecycle_logit_moe" and "AutoModelForCausalLM" in config["auto_map"]
+    assert (trained / "modeling_lifecycle_logit_moe.py").is_file()
+    assert "experts.1.model.embed_tokens.weight" not in _stored(trained)  # still stored once
+    before, after = _load(moe), _load(trained)
+    assert after.experts[0].model.embed_tokens.weight is after.experts[1].model.embed_tokens.weight
+    ids = _ids(tiny_tokenizer)
+    with torch.no_grad():
+        assert not torch.allclose(before(ids).logits, after(ids).logits)

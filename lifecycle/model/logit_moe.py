@@ -14,10 +14,6 @@ from pathlib import Path
 
 MODEL_TYPE = "lifecycle_logit_moe"
 MODELING_FILE = Path(__file__).parent / "remote_code" / "modeling_lifecycle_logit_moe.py"
-AUTO_MAP = {
-    "AutoConfig": "modeling_lifecycle_logit_moe.LifecycleLogitMoEConfig",
-    "AutoModelForCausalLM": "modeling_lifecycle_logit_moe.LifecycleLogitMoEForCausalLM",
-}
 
 
 @functools.cache  # registering twice is harmless (exist_ok), so a plain once-only cache is enough
@@ -34,4 +30,4 @@ def register() -> None:
     AutoModelForCausalLM.register(LifecycleLogitMoEConfig, LifecycleLogitMoEForCausalLM, exist_ok=True)
 
 
-__all__ = ["AUTO_MAP", "MODELING_FILE", "MODEL_TYPE", "register"]
+__all__ = ["MODELING_FILE", "MODEL_TYPE", "register"]

@@ -133,7 +133,8 @@ def build_logit_moe(opts: Any) -> Path:
     from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers
     from lifecycle.model.card import new_lineage
     from lifecycle.model.inspect import inspect_model
-    from lifecycle.model.logit_moe import AUTO_MAP, MODEL_TYPE, MODELING_FILE, register
+    from lifecycle.model.logit_moe import MODEL_TYPE, MODELING_FILE, register
+    from lifecycle.model.remote_code.modeling_lifecycle_logit_moe import AUTO_MAP
     from lifecycle.model.tensors import ShardedWriter
 
     register()  # the written folder is verified by loading it through the Auto classes

@@ -28,6 +28,8 @@ sliding-window or linear-attention layers are refused, since their cache layers 
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +40,10 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 COMBINE_MODES = ("logits", "log_probs", "probs")
+AUTO_MAP = {
+    "AutoConfig": "modeling_lifecycle_logit_moe.LifecycleLogitMoEConfig",
+    "AutoModelForCausalLM": "modeling_lifecycle_logit_moe.LifecycleLogitMoEForCausalLM",
+}
 
 
 @strict
@@ -119,6 +125,8 @@ class LifecycleLogitMoEForCausalLM(PreTrainedModel, GenerationMixin):
             expert_config._attn_implementation = config._attn_implementation
         self.experts = nn.ModuleList(AutoModelForCausalLM.from_config(c) for c in configs)
         self.layer_counts = [int(c.num_hidden_layers) for c in configs]
+        # read by save_pretrained to drop the stored-once copies (the full mapping is computed below)
+        self._tied_weights_keys = dict(config.shared_tensors or {})
         self.post_init()
         self._share_tensors()
 
@@ -144,6 +152,15 @@ class LifecycleLogitMoEForCausalLM(PreTrainedModel, GenerationMixin):
     def _share_tensors(self) -> None:
         self.all_tied_weights_keys = self.get_expanded_tied_weights_keys()
         self.tie_weights(recompute_mapping=False)
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any):  # noqa: D401 - transformers' contract
+        """Save, keeping what Hub users need: this file beside the weights and the ``auto_map``."""
+        self.config.auto_map = dict(AUTO_MAP)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        target = Path(save_directory) / Path(__file__).name
+        if Path(__file__).resolve() != target.resolve():
+            shutil.copyfile(__file__, target)
+        return result
 
     def get_input_embeddings(self) -> nn.Module:
         return self.experts[0].get_input_embeddings()
