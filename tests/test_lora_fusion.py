@@ -236,3 +236,23 @@ def test_icm_fusion_end_to_end_writes_an_adapter_peft_loads(loras, tmp_path):
     with pytest.raises(LifecycleError, match="every adapter needs parameters.data"):
         merge_models({**config, "models": [str(loras["a"]), str(loras["c"])]}, tmp_path / "icm2")
     assert not (tmp_path / "icm2").exists()
+
+
+def test_adapters_the_exact_fusions_cannot_express_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    cases = {
+        "embedding": ({"peft_type": "LORA", "r": 2, "lora_alpha": 2},
+                      {"base_model.model.model.embed_tokens.lora_embedding_A": torch.zeros(2, 8)}, "not a LoRA A or B matrix"),
+        "dora": ({"peft_type": "LORA", "r": 2, "use_dora": True}, {}, "use_dora adapters are not supported"),
+        "bias": ({"peft_type": "LORA", "r": 2, "bias": "lora_only"}, {}, "trained biases or modules_to_save"),
+        "one half": ({"peft_type": "LORA", "r": 2},
+                     {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 8)}, "not both A and B"),
+    }
+    for name, (config, tensors, message) in cases.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        save_file(tensors or {"x.lora_A.weight": torch.zeros(1, 1)}, str(folder / "adapter_model.safetensors"))
+        with pytest.raises(LifecycleError, match=message):
+            read_adapter(folder)
