@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lifecycle, not whichever one is installed
 RECIPE = ROOT / "recipes" / "merge_logit_moe.yaml"
 MODELS = ("expert_drama", "expert_c", "moe", "moe_trained", "average")
 
