@@ -237,15 +237,15 @@ def continual(
 @app.command()
 def merge(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="mergekit YAML (merge_method, models, base_model, parameters, dtype)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged checkpoint."),
-    method: Optional[str] = typer.Option(None, "--method", help="merge_method: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp."),
-    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="A model to merge (repeat the flag); replaces the config's models."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the merged checkpoint (a LoRA adapter folder for lora_*/icm_fusion)."),
+    method: Optional[str] = typer.Option(None, "--method", help="merge_method: linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, logit_moe, lora_concat, lora_svd, icm_fusion (EXPERIMENTAL)."),
+    model: Optional[list[str]] = typer.Option(None, "--model", "-m", help="A model (or, for lora_*/icm_fusion, a LoRA adapter folder) to merge (repeat the flag); replaces the config's models."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model (task vectors; slerp's t = 0)."),
     random_seed: Optional[int] = typer.Option(None, "--random-seed", help="Seed for DARE's random drop (as mergekit's --random-seed)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
-    """Merge model weights (linear, task arithmetic, TIES, DARE, SLERP) from a mergekit YAML, tensor by tensor."""
+    """Merge models from a mergekit YAML: weight merges (linear, task arithmetic, TIES, DARE, SLERP) tensor by tensor, a logit-averaging MoE (logit_moe), exact LoRA fusion (lora_concat, lora_svd) and ICM-Fusion (icm_fusion, EXPERIMENTAL: a reconstruction)."""
     flags = {"config": str(config) if config else None, "output": str(output), "merge_method": method,
              "models": list(model) if model else None, "base_model": base_model, "random_seed": random_seed,
              "overwrite": overwrite or None}

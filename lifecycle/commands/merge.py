@@ -2,7 +2,10 @@
 
 Methods (``merge_method``, registered in :mod:`lifecycle.methods.merge`; ``lifecycle ls`` lists them):
 ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``, ``dare_ties``, ``slerp``, with mergekit's
-semantics and defaults. ``lifecycle merge --config merge.yml -o OUT`` runs a mergekit config unchanged;
+semantics and defaults; ``logit_moe`` (one checkpoint running every expert, logits averaged); and
+``lora_concat`` / ``lora_svd`` and the EXPERIMENTAL ``icm_fusion`` (``models:`` are peft LoRA adapter folders, ``base_model`` the model
+they adapt; the output is one adapter). The last three write their output themselves
+(``MergeSpec.whole_model``) and bring their own preflight (``MergeSpec.check``). ``lifecycle merge --config merge.yml -o OUT`` runs a mergekit config unchanged;
 in a recipe, ``models: [steps.a, steps.b]`` takes earlier steps' outputs.
 
 This module only checks the inputs (the preflight) and calls
@@ -21,12 +24,20 @@ from lifecycle.methods.merge.options import MergeOptions
 
 def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None:
     from lifecycle import preflight as pf
+    from lifecycle.methods.merge.common import merge_spec
     from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers, check_compatible, check_layer_ranges, check_sources
 
     pf.check_output(opts.output, overwrite=opts.overwrite)
     check_sources(opts)
     pf.check_eval(opts.eval)
     if pending_models:
+        return
+    spec = merge_spec(opts.merge_method)
+    if spec.whole_model:  # logit MoE, LoRA fusion: the method knows what its inputs must agree on
+        for source in opts.sources():
+            if not spec.adapter_inputs or source == opts.base_model:
+                pf.model_info(source)
+        spec.check(opts)
         return
     sources = opts.sources()
     for source in sources:
@@ -40,7 +51,7 @@ def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None
             reader.close()
 
 
-@register("merge", MergeOptions, help="Merge model weights (linear, task arithmetic, TIES, DARE, SLERP) from a mergekit YAML.",
+@register("merge", MergeOptions, help="Merge models from a mergekit YAML: weights (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp), a logit-averaging MoE (logit_moe), or peft LoRA adapters exactly (lora_concat, lora_svd); icm_fusion is EXPERIMENTAL (a reconstruction, see docs/merge.md).",
           model_field=None, models_field="models", preflight=preflight_merge)
 def run_merge(opts: MergeOptions) -> Path:
     from lifecycle.methods.merge.pipeline import merge_models

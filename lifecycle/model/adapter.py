@@ -23,7 +23,11 @@ SUPPORTED_MODEL_TYPES = (
     "llama", "qwen2", "mistral",
     # per-layer-width models written by `lifecycle prune` (lifecycle/model/pruned.py)
     "lifecycle_pruned_llama", "lifecycle_pruned_qwen2", "lifecycle_pruned_mistral",
+    # logit-averaging mixtures written by `lifecycle merge` (lifecycle/model/logit_moe.py): they load,
+    # train and score as whole models, but have no single decoder to edit layer by layer
+    "lifecycle_logit_moe",
 )
+EDITABLE_MODEL_TYPES = tuple(t for t in SUPPORTED_MODEL_TYPES if t != "lifecycle_logit_moe")
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,9 @@ class DecoderAdapter:
 
     def __init__(self, model: nn.Module):
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
+        if model_type not in EDITABLE_MODEL_TYPES:
             raise UnsupportedArchitectureError(
-                f"architecture '{model_type}' is not supported yet (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+                f"architecture '{model_type}' is not supported yet for layer edits (supported: {', '.join(EDITABLE_MODEL_TYPES)})"
             )
         self.model = model
         self.config = model.config

@@ -101,10 +101,13 @@ class _RegisterAfterTransformers(importlib.abc.MetaPathFinder):
 
 def _register_quietly() -> None:
     """Registration is a convenience for from_pretrained; a broken optional stack must not break imports."""
-    try:
-        register()
-    except Exception:  # noqa: BLE001 - e.g. transformers without torch; lifecycle commands report it later
-        pass
+    from lifecycle.model.logit_moe import register as register_logit_moe
+
+    for registration in (register, register_logit_moe):
+        try:
+            registration()
+        except Exception:  # noqa: BLE001 - e.g. transformers without torch; lifecycle commands report it later
+            pass
 
 
 def install_registration_hook() -> None:

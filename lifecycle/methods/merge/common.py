@@ -44,6 +44,11 @@ class MergeSpec:
     tensor_parameters: tuple[ParamDef, ...] = ()
     needs_base: bool = False
     two_models: bool = False  # slerp: exactly the base model and one other
+    # A method that builds its output from whole inputs (logit MoE, LoRA fusion) rather than tensor by
+    # tensor through the pipeline: ``run(opts)`` writes the output, ``check(opts)`` is its preflight.
+    whole_model: bool = False
+    check: Callable[[Any], None] | None = None
+    adapter_inputs: bool = False  # the listed models are peft LoRA adapter folders (base_model is the model)
 
     @property
     def parameter_names(self) -> set[str]:
@@ -55,12 +60,15 @@ MERGE_SPECS: dict[str, MergeSpec] = {}
 
 def merge_method(name: str, *, paper: str, summary: str = "", parameters: Sequence[ParamDef] = (),
                  tensor_parameters: Sequence[ParamDef] = (), needs_base: bool = False,
-                 two_models: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+                 two_models: bool = False, whole_model: bool = False,
+                 check: Callable[[Any], None] | None = None,
+                 adapter_inputs: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a merge method with the method registry and record the parameters it takes."""
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         MERGE_SPECS[name] = MergeSpec(name=name, parameters=tuple(parameters), tensor_parameters=tuple(tensor_parameters),
-                                      needs_base=needs_base, two_models=two_models)
+                                      needs_base=needs_base, two_models=two_models, whole_model=whole_model,
+                                      check=check, adapter_inputs=adapter_inputs)
         return register_method("merge", name, paper=paper, summary=summary)(fn)
 
     return wrap

@@ -70,7 +70,7 @@ class MergeOptions(CommandOptions):
     """Merge the weights of several models of one architecture (mergekit YAML fields, plus output)."""
 
     config: str | None = Field(None, description="a mergekit YAML file; its fields fill every option not given otherwise")
-    merge_method: str = Field(..., description="linear, task_arithmetic, ties, dare_linear, dare_ties or slerp")
+    merge_method: str = Field(..., description="linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, logit_moe, lora_concat, lora_svd or icm_fusion (experimental)")
     models: list[InputModel] = Field(..., description="models to merge: [{model: PATH, parameters: {weight: 0.5}}] or plain specs")
     base_model: str | None = Field(None, description="the model task vectors are taken against (slerp: t = 0)")
     parameters: dict[str, Any] | None = Field(None, description="global parameters (scalars, gradients, filter rules)")

@@ -243,6 +243,8 @@ def merge_models(config: dict | MergeOptions, output: str | Path | None = None, 
         except ValidationError as exc:
             raise LifecycleError(validation_error_line(exc, "merge")) from None
     check_sources(opts)
+    if merge_spec(opts.merge_method).whole_model:  # logit MoE, LoRA fusion: the method writes its output
+        return _method(opts.merge_method)(opts)
     sources = opts.sources()
     infos = {s: inspect_model(s) for s in sources}
     readers = _open_readers(sources)
