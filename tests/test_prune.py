@@ -298,6 +298,32 @@ def test_adapt_accel_interleaves_pruning_and_training(checkpoints, tmp_path):
     assert lineage["method"] == "prune-adapt-accel" and lineage["tokens_seen"] == 6 * 2 * 32
 
 
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_stage_slices_tile_the_stream_across_processes(world):
+    """Issue #13.5: slice k skips what slices 0..k-1 read on all processes, so no block is read twice."""
+    from lifecycle.methods.prune.pipeline import slice_config
+    from lifecycle.train.engine import TrainConfig
+
+    train = TrainConfig(steps=9, micro_batch_size=2, grad_accum=3, skip_tokens=64)
+    block = 16
+    bounds = [(0, 2), (2, 5), (5, 9)]
+    slices = [slice_config(train, first, last, block, world) for first, last in bounds]
+    global_step_tokens = 2 * 3 * world * block
+    assert slices[0].skip_tokens == 64
+    for prev, nxt in zip(slices, slices[1:]):
+        assert nxt.skip_tokens - prev.skip_tokens == prev.steps * global_step_tokens  # contiguous, no overlap
+    assert [s.step_offset for s in slices] == [0, 2, 5] and all(s.schedule_steps == 9 for s in slices)
+
+
+def test_world_size_comes_from_the_launcher(monkeypatch):
+    from lifecycle.methods.prune.pipeline import launched_world_size
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_world_size() == 1
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launched_world_size() == 4
+
 # -- bad input: one line, non-zero exit, nothing written -------------------------------------------
 
 @pytest.mark.parametrize(

@@ -15,12 +15,15 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lifecycle.errors import LifecycleError
 from lifecycle.finish import default_run_dir
 from lifecycle.methods.prune.options import PruneOptions
 from lifecycle.methods.registry import get_method
+
+if TYPE_CHECKING:
+    from lifecycle.train.engine import TrainConfig
 
 
 class PeakMemory:
@@ -62,6 +65,27 @@ class PeakMemory:
 
     def describe(self) -> dict[str, float]:
         return {"rss_before_mib": round(self.start / 2**20, 1), "peak_rss_mib": round(self.peak / 2**20, 1)}
+
+
+def launched_world_size() -> int:
+    """Processes in this launch (``WORLD_SIZE``, set by accelerate launch / torchrun; 1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def slice_config(train_cfg: TrainConfig, first: int, last: int, block_size: int, world: int) -> TrainConfig:
+    """The engine config for recovery steps [first, last) of one LR schedule over several stages.
+
+    The engine reads global batch ``micro × accum × world`` blocks per step from position
+    ``skip_tokens``, so slice k must skip what slices 0..k-1 read on *all* processes; leaving
+    ``world`` out made stages re-read each other's data under several processes.
+    """
+    tokens_per_step = train_cfg.micro_batch_size * train_cfg.grad_accum * world * block_size
+    return train_cfg.model_copy(update={
+        "steps": last - first,
+        "step_offset": first,
+        "schedule_steps": train_cfg.steps,
+        "skip_tokens": train_cfg.skip_tokens + first * tokens_per_step,
+    })
 
 
 @dataclass
@@ -159,19 +183,13 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         from lifecycle.train.distill import distillation_hooks
         from lifecycle.train.engine import train
 
-        tokens_per_step = opts.train.micro_batch_size * opts.train.grad_accum * data.block_size
-        cfg = opts.train.model_copy(update={
-            "steps": last - first,
-            "step_offset": first,
-            "schedule_steps": opts.train.steps,
-            # this slice's own blocks of the stream: the engine reads position skip + step * batch
-            "skip_tokens": opts.train.skip_tokens + first * tokens_per_step,
-        })
+        cfg = slice_config(opts.train, first, last, data.block_size, launched_world_size())
+        tokens_before = cfg.skip_tokens - opts.train.skip_tokens  # read by earlier slices, all processes
         hooks = distillation_hooks(teacher, opts.distill, opts.distill_temperature) if teacher is not None else None
         result = train(adapter.model, data, cfg, run_dir / (f"stage-{stage}" if stage else "recovery"), hooks=hooks,
                        description=f"recovery{f' stage {stage}' if stage else ''}")
         for row in result.history:
-            history.append({**row, "step": row["step"] + first, "tokens": row["tokens"] + first * tokens_per_step,
+            history.append({**row, "step": row["step"] + first, "tokens": row["tokens"] + tokens_before,
                             **({"stage": stage} if stage else {})})
         train_summary["tokens_seen"] = train_summary.get("tokens_seen", 0) + result.tokens_seen
         train_summary["seconds"] = round(train_summary.get("seconds", 0.0) + result.seconds, 1)
@@ -216,4 +234,4 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
     return done.model, report, plan_json, history, data
 
 
-__all__ = ["PeakMemory", "PruneContext", "PruneOptions", "prune_model"]
+__all__ = ["PeakMemory", "PruneContext", "PruneOptions", "launched_world_size", "prune_model", "slice_config"]
