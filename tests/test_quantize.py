@@ -178,6 +178,34 @@ def test_packed_checkpoint_reloads_with_the_training_models_logits(tmp_path, tin
     assert (got - expected).abs().max() <= 1e-3 * max(1.0, expected.abs().max().item())
 
 
+def test_autobitlinear_offline_export_is_packed_and_multiplies_by_gamma(tmp_path, tiny_tokenizer):
+    """transformers' offline AutoBitLinear multiplies by weight_scale: the export stores γ (bitlinear stores 1/γ)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from lifecycle.methods.quantize.export import eager_bitnet, export_packed_autobitlinear
+
+    vocab = len(tiny_tokenizer)
+    base = make_tiny_model(vocab, seed=4)
+    fake = _fake_quant(base)
+    expected = _logits(fake, vocab)
+    export_packed_autobitlinear(copy.deepcopy(fake)).save_pretrained(tmp_path / "auto")
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())["quantization_config"]
+    assert (config["linear_class"], config["quantization_mode"]) == ("autobitlinear", "offline")
+    with safe_open(str(tmp_path / "auto" / "model.safetensors"), "pt") as f:
+        w = f.get_tensor("model.layers.0.mlp.gate_proj.weight")
+        s = f.get_tensor("model.layers.0.mlp.gate_proj.weight_scale")
+    assert w.dtype == torch.uint8 and w.shape == (64 // 4, 32)
+    assert torch.isclose(s[0], base.model.layers[0].mlp.gate_proj.weight.abs().mean())
+    with eager_bitnet():
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "auto", dtype=torch.float32)
+        layer = reloaded.model.layers[0].mlp.gate_proj
+        assert type(layer).__name__ == "AutoBitLinear" and not layer.online_quant
+        assert set(layer.weight.unique().tolist()) <= {-1.0, 0.0, 1.0}
+        got = _logits(reloaded, vocab)
+    assert (got - expected).abs().max() <= 1e-3 * max(1.0, expected.abs().max().item())
+
+
 def test_online_export_reloads_as_trainable_autobitlinear(tmp_path, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -219,14 +247,17 @@ def test_qat_command_trains_with_lambda_warmup_and_writes_packed_checkpoint(sour
     assert m.model.layers[1].self_attn.o_proj.weight.dtype == torch.uint8
 
 
-def test_ternary_rtn_baseline_matches_fake_quant(source, tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize("export", ["packed", "packed-autobitlinear"])
+def test_ternary_rtn_baseline_matches_fake_quant(source, tmp_path, tiny_tokenizer, export):
     from transformers import AutoModelForCausalLM
 
     from lifecycle.commands.quantize import run_quantize
     from lifecycle.methods.quantize.export import eager_bitnet
     from lifecycle.model.io import load_model
 
-    out = run_quantize(_options(source, tmp_path / "rtn", method="ternary-rtn"))
+    out = run_quantize(_options(source, tmp_path / "rtn", method="ternary-rtn", export=export))
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["linear_class"] == (
+        "bitlinear" if export == "packed" else "autobitlinear")
     vocab = len(tiny_tokenizer)
     expected = _logits(_fake_quant(load_model(str(source)).model), vocab)
     with eager_bitnet():

@@ -62,7 +62,7 @@ def preflight_quantize(opts: QuantizeOptions, *, pending_models: bool = False) -
         info = pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
         if info.config is not None:
             pipeline.check_not_quantized(info.config, opts.model)
-            if opts.export == "packed" and opts.registered_method.name in pipeline.TERNARY_METHODS:
+            if opts.export.startswith("packed") and opts.registered_method.name in pipeline.TERNARY_METHODS:
                 _check_packable_config(info.config, opts.modules_to_not_convert)
         if trains:
             pf.check_positions(opts.block_size, info.max_positions, option="block_size")

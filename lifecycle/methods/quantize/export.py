@@ -6,8 +6,13 @@ Two forms, chosen by ``export``:
   converted linear stores ``weight`` as uint8 of shape ``(out/4, in)``: the ternary value + 1
   (0, 1, 2) in two bits, rows ``[i·R, (i+1)·R)`` (R = out/4) in bits ``2i, 2i+1`` of row block i
   (packing runs along dim 0, so ``out_features % 4 == 0`` is required), and ``weight_scale`` of
-  shape ``(1,)`` holding **1/γ**: this linear class *divides* its output by it. (transformers'
-  ``autobitlinear`` offline class *multiplies* by its ``weight_scale``; we do not write that form.)
+  shape ``(1,)`` holding **1/γ**: this linear class *divides* its output by it.
+* ``packed-autobitlinear`` — transformers' ``linear_class: autobitlinear``, ``quantization_mode: offline``:
+  the same uint8 layout on disk (transformers' loader unpacks it to the model dtype when it sees
+  ``out/4`` stored rows), but ``weight_scale`` holds **γ** itself, because ``AutoBitLinear``
+  *multiplies* its output by it. Writing 1/γ here, as for ``bitlinear``, would scale every layer by
+  1/γ² — the pitfall the notes warn of. In memory the layer keeps the unpacked ternary weight (so the
+  reload check can run it); a state-dict hook packs it as it is saved.
 * ``online`` — ``linear_class: autobitlinear``, ``quantization_mode: online``: the full-precision
   master weights as plain ``weight``; transformers re-ternarizes them (absmean) and quantizes the
   activations in every forward with a straight-through estimator, so the checkpoint trains further.
@@ -120,6 +125,35 @@ def export_packed(model: nn.Module) -> nn.Module:
     return model
 
 
+def _pack_on_save(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    key = prefix + "weight"
+    state[key] = pack_ternary(state[key].detach().cpu().round())
+
+
+def export_packed_autobitlinear(model: nn.Module) -> nn.Module:
+    """Replace every BitLinear by transformers' offline ``AutoBitLinear`` (ternary weights saved packed, γ scales)."""
+    from transformers.integrations.bitnet import AutoBitLinear
+
+    check_packable(model)
+    qconfig = _quant_config(model, "autobitlinear", "offline")
+    for name, layer in bitlinear_modules(model):
+        w = layer.weight.detach().float().cpu()
+        gamma = weight_scale(w, layer.scale_method)
+        new = AutoBitLinear(layer.in_features, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype,
+                            online_quant=False, use_rms_norm=layer.norm, rms_norm_eps=layer.norm_eps)
+        with torch.no_grad():
+            new.weight.copy_(ternarize(w, gamma))
+            new.weight_scale.copy_(gamma.reshape(1))  # AutoBitLinear multiplies by it: γ, not 1/γ
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        _set_norm(new, layer)
+        new.requires_grad_(False)
+        new._register_state_dict_hook(_pack_on_save)
+        model.set_submodule(name, new)
+    model.config.quantization_config = qconfig
+    return model
+
+
 def export_online(model: nn.Module) -> nn.Module:
     """Replace every BitLinear by transformers' online ``AutoBitLinear`` holding the master weights, in place."""
     from transformers.integrations.bitnet import AutoBitLinear
@@ -154,7 +188,9 @@ def export_master(model: nn.Module) -> nn.Module:
     return model
 
 
-EXPORTERS = {"packed": export_packed, "online": export_online, "master": export_master}
+EXPORTERS = {"packed": export_packed, "packed-autobitlinear": export_packed_autobitlinear, "online": export_online,
+             "master": export_master}
 
 __all__ = ["EXPORTERS", "PACK", "check_packable", "eager_bitnet", "export_master", "export_online", "export_packed",
+           "export_packed_autobitlinear",
            "not_converted", "pack_ternary", "unpack_ternary"]

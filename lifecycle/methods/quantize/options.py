@@ -29,8 +29,9 @@ class QuantizeOptions(MethodOptions):
     resume: bool = Field(False, description="QAT: continue from the latest checkpoint of an interrupted run")
     resume_strict: bool = Field(False, description="with resume: refuse to start when there is no checkpoint")
     method: str = Field("bitnet-b158", description="quantize method: bitnet-b158, ternary-rtn, bnb-nf4, bnb-int8 (lifecycle ls)")
-    export: Literal["packed", "online", "master"] = Field(
-        "packed", description="ternary methods: packed (uint8 2-bit, transformers bitlinear), online (fp master "
+    export: Literal["packed", "packed-autobitlinear", "online", "master"] = Field(
+        "packed", description="ternary methods: packed (uint8 2-bit, transformers bitlinear), packed-autobitlinear "
+        "(the same 2-bit layout for transformers' offline autobitlinear, which multiplies by γ), online (fp master "
         "weights, transformers autobitlinear online, trainable), master (plain fp weights, no quantization config)")
     modules_to_not_convert: list[str] = Field(
         default_factory=lambda: ["lm_head"],

@@ -103,7 +103,7 @@ def quantize_model(opts: QuantizeOptions, loaded: Any, *, log: Callable[[str], N
     targets = linears_to_convert(model, opts.modules_to_not_convert)
     if not targets:
         raise LifecycleError("no linear layers to quantize (modules_to_not_convert excludes them all)")
-    if opts.export == "packed" and method.name in TERNARY_METHODS:
+    if opts.export.startswith("packed") and method.name in TERNARY_METHODS:
         bad = [(n, m.out_features) for n, m in targets if m.out_features % 4]
         if bad:
             name, out = bad[0]
