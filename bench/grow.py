@@ -10,10 +10,11 @@ Usage (from the repository root; reads the shared corpora, fully offline, one th
 Part 1, G_stack (Du et al. 2024) vs training the same target from scratch, with the same total token
 budget T on the same data stream (same seed, so the same blocks in the same order):
 
-* scratch LR sweep: the target (8 layers) trained for T tokens, warmup + cosine, at the base LR and
-  at half and twice it (``--lr-sweep``); if the best mean is at an edge, the sweep is extended one
-  step further out (up to twice) so the best LR is bracketed by a worse lower and a worse higher one.
-  The best LR is the scratch baseline's, and every G_stack arm runs at that LR too;
+* scratch: the target (8 layers) trained for T tokens, warmup + cosine, at the base LR; the LR sweep
+  (``--lr-sweep``) repeats it at half and twice that LR and, if the best mean is at an edge, one step
+  further out (up to twice), so that the base LR is shown to be the best scratch LR with a worse
+  lower and a worse higher one (``lr_bracketed``). Every G_stack arm and the ladder use the base LR;
+  if the sweep finds a better one, the summary says so rather than silently switching;
 * G_stack (the default arm): a model of target/4 layers trained for d tokens at its peak LR (warmup,
   then constant: prts' mid-schedule growth point), stacked x4 (0123..0123), then trained for T - d
   tokens with a fresh AdamW, a restarted warmup + cosine, the data stream continuing after d;
@@ -282,7 +283,8 @@ def summarize(out: dict) -> dict:
     s = out["settings"]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     best_lr = out["best_lr"]
-    scratch = [r for r in out["lr_sweep"] if r["lr"] == best_lr and r["tokens"] == out["tokens_each_arm"]]
+    base_lr = s["lr"]  # every G_stack arm and the ladder run at the base LR; the sweep checks it is the best
+    scratch = [r for r in out["lr_sweep"] if r["lr"] == base_lr and r["tokens"] == out["tokens_each_arm"]]
     scratch.sort(key=lambda r: r["seed"])
     seeds = [r["seed"] for r in scratch]
     sc_loss = [r["final_val_loss"] for r in scratch]
@@ -291,9 +293,9 @@ def summarize(out: dict) -> dict:
         by_lr.setdefault(r["lr"], []).append(r["final_val_loss"])
     lrs = sorted(by_lr)
     summary: dict = {
-        "tokens_each_arm": out["tokens_each_arm"], "seeds": len(seeds), "best_lr": best_lr,
+        "tokens_each_arm": out["tokens_each_arm"], "seeds": len(seeds), "base_lr": base_lr, "best_lr": best_lr,
         "scratch_by_lr": {f"{lr:g}": {"mean": _stats(v)[0], "std": _stats(v)[1], "n": len(v)} for lr, v in sorted(by_lr.items())},
-        "lr_bracketed": lrs[0] < best_lr < lrs[-1],
+        "lr_bracketed": best_lr == base_lr and lrs[0] < best_lr < lrs[-1],
         "scratch_final_losses": sc_loss, "scratch_final_loss_mean": _stats(sc_loss)[0], "scratch_seed_std": _stats(sc_loss)[1],
         "seconds_scratch_mean": mean([r["seconds"] for r in scratch]) if scratch else None,
     }
@@ -354,7 +356,7 @@ def plot(out: dict, path: Path) -> None:
     sm = out["summary"]
     panels = 3 + bool(out.get("layerwise"))
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), dpi=120)
-    scratch = [r for r in out["lr_sweep"] if r["lr"] == out["best_lr"] and r["tokens"] == out["tokens_each_arm"]]
+    scratch = [r for r in out["lr_sweep"] if r["lr"] == out["settings"]["lr"] and r["tokens"] == out["tokens_each_arm"]]
     main = out["arms"].get("gstack", [])
     ax = axes[0]
     for i, r in enumerate(scratch):
@@ -481,43 +483,31 @@ def main(argv: list[str] | None = None) -> dict:
     }
 
     def save() -> None:
+        try:  # a summary of what has finished so far (an interrupted run keeps one)
+            out["summary"] = summarize(out)
+        except Exception as exc:  # noqa: BLE001 - partial data; the final summary below is strict
+            out["summary"] = {"error": f"not yet: {exc}"}
         out["seconds_total"] = round(time.perf_counter() - started, 1)
         out["cpu_seconds_total"] = round(time.process_time(), 1)
         out_path.write_text(json.dumps(out, indent=1))
 
     log(f"{mode}: {bench.data.describe()['train_tokens']:,} training tokens; {bench.steps} steps of {bench.tokens_per_step} tokens per arm")
 
-    # 1. scratch at T over the LR sweep; extend outward while the best LR is at an edge
-    def sweep(lr: float) -> float:
+    # Order: what the headline needs first (scratch and G_stack at T, the ladder), then the checks
+    # (LR sweep, variants, d sweep), so an interrupted run still leaves a complete headline.
+    lr = s["lr"]
+
+    def scratch_runs(lr_: float, steps: int, into: list, label: str) -> list[float]:
         losses = []
         for seed in s["seeds"]:
-            r = bench.scratch(seed, bench.steps, lr)
-            out["lr_sweep"].append(r)
+            r = bench.scratch(seed, steps, lr_)
+            into.append(r)
             losses.append(r["final_val_loss"])
-            log(f"scratch lr {lr:g} seed {seed}: loss {r['final_val_loss']:.4f} after {r['tokens']:,} tokens ({r['seconds']} s)")
+            log(f"scratch {label} seed {seed}: loss {r['final_val_loss']:.4f} after {r['tokens']:,} tokens ({r['seconds']} s)")
             save()
-        return sum(losses) / len(losses)
+        return losses
 
-    means = {lr: sweep(lr) for lr in sorted({s["lr"], *(s["lr"] * f for f in s["lr_sweep"])})}
-    for _ in range(s["lr_extend"] if s["lr_sweep"] else 0):
-        best = min(means, key=means.get)
-        lrs = sorted(means)
-        if lrs[0] < best < lrs[-1]:
-            break
-        step = max(lrs[-1] / lrs[-2], lrs[1] / lrs[0])
-        nxt = best * step if best == lrs[-1] else best / step
-        means[nxt] = sweep(nxt)
-    out["best_lr"] = lr = min(means, key=means.get)
-    log(f"scratch means by LR: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in sorted(means.items())) + f"; best {lr:g}")
-
-    # 2. G_stack arms at the best scratch LR
-    arms = [("gstack", dict(growth_fraction=s["growth_fraction"]))]
-    if "annealed" in s["variants"]:
-        arms.append(("annealed", dict(growth_fraction=s["growth_fraction"], growth_point="annealed")))
-    if "grown_lr" in s["variants"]:
-        arms.append((f"grown_lr_x{s['grown_lr_factor']:g}", dict(growth_fraction=s["growth_fraction"], grown_lr=lr * s["grown_lr_factor"])))
-    arms += [(f"d={f:g}T", dict(growth_fraction=f)) for f in s["d_sweep"]]
-    for name, kw in arms:
+    def gstack_runs(name: str, **kw) -> None:
         out["arms"][name] = []
         for seed in s["seeds"]:
             r = bench.gstack(seed, lr, **kw)
@@ -526,13 +516,35 @@ def main(argv: list[str] | None = None) -> dict:
                 f"(small {r['small_tokens']:,} → loss {r['small_final_val_loss']:.4f}; {r['seconds']} s)")
             save()
 
-    # 3. the scratch ladder at the best LR
+    # 1. the headline: scratch at T, G_stack (default arm) at T, the scratch ladder, all at the base LR
+    means = {lr: sum(scratch_runs(lr, bench.steps, out["lr_sweep"], f"lr {lr:g}")) / len(s["seeds"])}
+    gstack_runs("gstack", growth_fraction=s["growth_fraction"])
     for m in s["ladder"]:
-        for seed in s["seeds"]:
-            r = bench.scratch(seed, int(round(bench.steps * m)), lr)
-            out["ladder"].append(r)
-            log(f"scratch ladder x{m:g} seed {seed}: loss {r['final_val_loss']:.4f} after {r['tokens']:,} tokens ({r['seconds']} s)")
-            save()
+        scratch_runs(lr, int(round(bench.steps * m)), out["ladder"], f"ladder x{m:g}")
+
+    # 2. the scratch LR sweep around the base LR, extended outward while the best LR is at an edge. Every
+    # arm above used the base LR; the summary says whether it is the bracketed best (lr_bracketed).
+    for f in s["lr_sweep"]:
+        lr_ = lr * f
+        means[lr_] = sum(scratch_runs(lr_, bench.steps, out["lr_sweep"], f"lr {lr_:g}")) / len(s["seeds"])
+    for _ in range(s["lr_extend"] if s["lr_sweep"] else 0):
+        best = min(means, key=means.get)
+        lrs = sorted(means)
+        if lrs[0] < best < lrs[-1]:
+            break
+        step = max(lrs[-1] / lrs[-2], lrs[1] / lrs[0])
+        nxt = best * step if best == lrs[-1] else best / step
+        means[nxt] = sum(scratch_runs(nxt, bench.steps, out["lr_sweep"], f"lr {nxt:g}")) / len(s["seeds"])
+    out["best_lr"] = min(means, key=means.get)
+    log("scratch means by LR: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in sorted(means.items())) + f"; best {out['best_lr']:g}")
+
+    # 3. G_stack variants and the d sweep, at the base LR
+    if "annealed" in s["variants"]:
+        gstack_runs("annealed", growth_fraction=s["growth_fraction"], growth_point="annealed")
+    if "grown_lr" in s["variants"]:
+        gstack_runs(f"grown_lr_x{s['grown_lr_factor']:g}", growth_fraction=s["growth_fraction"], grown_lr=lr * s["grown_lr_factor"])
+    for f in s["d_sweep"]:
+        gstack_runs(f"d={f:g}T", growth_fraction=f)
 
     # 4. layer-wise growth (one seed)
     if s.get("layerwise"):

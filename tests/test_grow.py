@@ -274,6 +274,79 @@ def test_layerwise_lora_changes_old_layers_but_saves_a_plain_model(tmp_path, tin
     save_checkpoint(run.model, tiny_tokenizer, tmp_path / "plain", lineage={"command": "grow"})  # verifies the reload
 
 
+def test_phase_configs_peak_holds_the_lr_and_annealed_decays_it():
+    from lifecycle.train.engine import lr_at
+
+    base = _cfg(steps=100, lr=1e-3, warmup_steps=5, min_lr_ratio=0.1)
+    small, grown = gstack.phase_configs(base, 20, 80)
+    assert (small.steps, grown.steps) == (20, 80)
+    assert lr_at(19, small) == pytest.approx(1e-3)  # prts: taken mid-schedule, LR still at its peak
+    assert lr_at(0, small) < 1e-3  # the warmup is kept
+    small, _ = gstack.phase_configs(base, 20, 80, growth_point="annealed")
+    assert lr_at(19, small) < 0.15e-3  # the earlier default: annealed towards 10% before stacking
+    small, grown = gstack.phase_configs(base, 20, 80, small_lr=1e-3, grown_lr=3e-4)  # prts' 1e-3 -> 3e-4
+    assert small.lr == 1e-3 and grown.lr == 3e-4 and lr_at(10, grown) == pytest.approx(3e-4, rel=0.05)
+    with pytest.raises(LifecycleError, match="growth point"):
+        gstack.phase_configs(base, 20, 80, growth_point="late")
+
+
+def test_unit_substrate_is_the_hashed_direction_at_norm_one(tiny_tokenizer):
+    hashed = layerwise.hashed_embedding(tiny_tokenizer, 40, 16, std=0.02)
+    unit = layerwise.hashed_embedding(tiny_tokenizer, 40, 16, std=0.02, unit_norm=True)
+    assert unit.norm(dim=1).allclose(torch.ones(40), atol=1e-6)
+    assert torch.nn.functional.cosine_similarity(unit, hashed, dim=1).allclose(torch.ones(40), atol=1e-5)
+    model = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(model, embedding="unit", head="train", tokenizer=tiny_tokenizer)
+    emb = adapter_for(model).embed_tokens.weight
+    assert not emb.requires_grad and emb.norm(dim=1).allclose(torch.ones(emb.shape[0]), atol=1e-5)
+
+
+def test_plateau_rule_counts_evaluations_without_a_min_delta_improvement():
+    rule = layerwise.PlateauStop(patience=2, min_delta=0.05)
+    losses = [5.0, 4.9, 4.88, 4.87, 4.7, 4.69, 4.68]  # 4.88 and 4.87 are within 0.05 of 4.9; 4.7 resets
+    stops = [rule({"step": i + 1, "val_loss": v}) for i, v in enumerate(losses)]
+    assert stops == [False, False, False, True, False, False, True]
+    assert rule.best == 4.7 and rule.stopped_at == 7
+    with pytest.raises(LifecycleError, match="patience"):
+        layerwise.PlateauStop(patience=0)
+
+
+def test_layerwise_stage_stops_on_a_held_out_plateau(tmp_path, tiny_tokenizer, tiny_data):
+    """A learning rate too small to move the loss: every stage stops after 1 + patience evaluations."""
+    model = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(model, embedding="hashed", head="train", tokenizer=tiny_tokenizer)
+    run = layerwise.grow_layerwise(model, tiny_data, _cfg(steps=12, lr=1e-9, eval_every=2), tmp_path / "run", target_layers=3,
+                                   stop_patience=2, stop_min_delta=1e-3, progress=False)
+    assert [s.steps for s in run.stages] == [6, 6] and all(s.stopped_early for s in run.stages)
+    assert run.tokens_seen == 2 * 6 * 4 * 32  # tokens and FLOPs count what was trained, not the maximum
+    base = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(base, embedding="hashed", head="train", tokenizer=tiny_tokenizer)
+    full = layerwise.grow_layerwise(base, tiny_data, _cfg(steps=12, lr=1e-9, eval_every=2), tmp_path / "full", target_layers=2,
+                                    progress=False)
+    assert full.stages[0].steps == 12 and not full.stages[0].stopped_early  # off by default
+    assert run.stages[0].flops == pytest.approx(full.stages[0].flops / 2)  # half the steps, half the FLOPs
+
+
+def test_stage_flops_charge_frozen_weights_forward_and_activation_gradient_only(tiny_tokenizer):
+    model = make_tiny_model(len(tiny_tokenizer), layers=3, tie=False)
+    a = adapter_for(model)
+    n = [sum(p.numel() for p in layer.parameters()) for layer in a.layers]
+    top = sum(p.numel() for p in a.final_norm.parameters()) + a.lm_head.weight.numel()
+    layerwise.set_trainable(model, [2])  # layers 0-1 frozen below the new one, head and norm trained
+    assert layerwise.stage_flops_per_token(model, [2]) == 2 * (n[0] + n[1]) + 6 * n[2] + 6 * top
+    # LoRA on the old layers: their frozen base weights sit on the backward path (4n), the adapters train (6)
+    peft_model = layerwise._apply_lora(model, [0, 1], 2, 4)
+    layerwise.set_trainable(peft_model.get_base_model(), [2])
+    lora = 0
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+            lora += p.numel()
+    got = layerwise.stage_flops_per_token(peft_model.get_base_model(), [2], lora=True)
+    assert got == 4 * (n[0] + n[1]) + 6 * lora + 6 * n[2] + 6 * top
+    assert got < 6 * (n[0] + n[1] + n[2] + top)  # the earlier count charged the frozen weights as trained
+
+
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -345,6 +418,23 @@ def test_gstack_from_scratch_trains_small_then_grown(tmp_path):
     phases = [json.loads(line)["phase"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert phases[0] == "small" and phases[-1] == "grown"
     assert (out / "loss.png").is_file()
+
+
+def test_gstack_growth_point_and_grown_lr_reach_the_two_phases(tmp_path):
+    """Default growth point: the small phase ends at its peak LR (no anneal); the grown phase runs at grown_lr."""
+    from lifecycle.commands.grow import run_grow
+    from lifecycle.model.card import read_lineage
+
+    opts = _grow_options(config="micro", target_layers=4, output=str(tmp_path / "g"), growth_tokens=512, grown_lr=1e-3,
+                         train=dict(steps=8, micro_batch_size=4, warmup_steps=1, eval_every=0, eval_blocks=4, lr=5e-3, log_every=1))
+    out = run_grow(opts)
+    g = read_lineage(out)["growth"]
+    assert g["growth_point"] == "peak" and g["small_lr"] == 5e-3 and g["grown_lr"] == 1e-3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    small = [r["lr"] for r in rows if r["phase"] == "small"]
+    grown = [r["lr"] for r in rows if r["phase"] == "grown"]
+    assert len(small) == 4 and small[-1] == pytest.approx(5e-3)  # stacked at the peak
+    assert max(grown) == pytest.approx(1e-3) and grown[-1] < 1e-3  # its own peak, then its own decay
 
 
 def test_layerwise_command_writes_loadable_stage_checkpoints(tmp_path):
