@@ -440,6 +440,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ladder", help="scratch budgets as multiples of T for the saving ratio (default 1.3,2)")
     parser.add_argument("--d-sweep", help="extra growth points d/T for the default G_stack arm (default 0.125,0.5)")
     parser.add_argument("--variants", help="G_stack variants: annealed, grown_lr (default both; 'none' for neither)")
+    parser.add_argument("--width", type=int, help="hidden size of every model (FFN 2.75x, 4 heads / 2 KV heads; default 128)")
+    parser.add_argument("--tokenizer", help="tokenizer spec (default bpe:2048)")
+    parser.add_argument("--lr", type=float, help="base peak LR (default 2e-3)")
+    parser.add_argument("--evals", type=int, help="held-out evaluations per run (default 8; the final one always)")
+    parser.add_argument("--eval-blocks", type=int, help="held-out blocks per evaluation (default 128)")
     parser.add_argument("--no-layerwise", action="store_true", help="skip part 2")
     parser.add_argument("--boot", type=int, help="bootstrap draws for the ratio's CI (default 2000)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/grow[_quick|_smoke].json)")
@@ -453,9 +458,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seeds:
         s["seeds"] = [int(x) for x in args.seeds.split(",")]
     for key, value in (("tokens", args.tokens), ("boot", args.boot), ("lr_sweep", _floats(args.lr_sweep)),
-                       ("ladder", _floats(args.ladder)), ("d_sweep", _floats(args.d_sweep))):
+                       ("ladder", _floats(args.ladder)), ("d_sweep", _floats(args.d_sweep)), ("tokenizer", args.tokenizer),
+                       ("lr", args.lr), ("evals", args.evals), ("eval_blocks", args.eval_blocks)):
         if value is not None:
             s[key] = value
+    if args.tokens is not None and s.get("layerwise"):
+        s["layerwise"] = dict(s["layerwise"], tokens=args.tokens)
+    if args.width:
+        s["width"] = dict(s["width"], hidden_size=args.width, intermediate_size=int(round(2.75 * args.width)))
     if args.variants is not None:
         s["variants"] = [] if args.variants == "none" else [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(s["variants"]) - {"annealed", "grown_lr"}

@@ -480,6 +480,10 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, tiny_checkpo
         (["--model", str(tiny_checkpoint), "--layer-map", "0,1,2"], "names layer 2, but the source has 2 layers"),
         (["--model", str(gpt2_checkpoint)], "architecture 'gpt2' is not supported"),
         (["--model", str(tiny_checkpoint), "--plan", "budget_tokens=1000"], "smaller than the growth point"),
+        (["--config", "micro", "growth_point=late"], "growth_point"),
+        (["--model", str(tiny_checkpoint), "grown_lr=0"], "grown_lr"),
+        (["--method", "layerwise", "--config", "micro", "layerwise.stop_patience=-1"], "stop_patience"),
+        (["--method", "layerwise", "--config", "micro", "layerwise.embedding=glyph"], "embedding"),
     ]
     for i, (args, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
