@@ -336,7 +336,7 @@ def phase_configs(
 
     ``growth_point="peak"`` (default) follows prts: the small model is a checkpoint taken early in a
     long schedule (``base_model.sh``: warmup 3,000 of 300,000 cosine steps; ``g_stack.sh`` resumes
-    from iteration 5,000, where the cosine is still at 99.98% of its 1e-3 peak), so it is stacked
+    from iteration 5,000, where the cosine is still at 99.99% of its 1e-3 peak), so it is stacked
     *without* an anneal. Here the small phase warms up and then holds its peak LR (schedule
     ``constant``), which is that situation exactly whatever ``d/D`` is; a cosine over the whole
     budget, cut at ``d``, would already have decayed to 87% of the peak at ``d = D/4``.
