@@ -321,6 +321,10 @@ def summarize(out: dict) -> dict:
                "final_losses": loss, "mean": m, "std": sd, "vs_scratch": paired_test(sc_loss, loss),
                "flops": runs[0]["flops"], "flops_scratch": scratch[0]["flops"], "seconds_mean": mean([r["seconds"] for r in runs]),
                "small_final_loss_mean": mean([r["small_final_val_loss"] for r in runs])}
+        default = out["arms"].get("gstack")
+        if name != "gstack" and default and [r["seed"] for r in sorted(default, key=lambda r: r["seed"])] == seeds:
+            # paired against the default arm (positive: this arm has the lower loss)
+            arm["vs_default"] = paired_test([r["final_val_loss"] for r in sorted(default, key=lambda r: r["seed"])], loss)
         if target_budget is not None:
             arm["vs_scratch_at_1.3T"] = paired_test([ladder[target_budget][k] for k in seeds], loss)
         if len(ladder) > 1:
@@ -459,6 +463,10 @@ def markdown(out: dict) -> str:
             + (f"{w['mean_gap']:+.4f}, {fmt_p(w['p_one_sided'])}" if w else "–") + " | "
             + (f"{ts['ratio']:.3f}× ({ts['match_kind']}) | {ts['ci95'][0]:.3f}–{ts['ci95'][1]:.3f} | {ts['censored_draws']}/{ts['boot']} | "
                f"{a['flops_saving_ratio']:.3f}× |" if ts else "– | – | – | – |"))
+    others = [(n, a["vs_default"]) for n, a in sm["arms"].items() if "vs_default" in a]
+    if others:
+        lines += ["", "| arm vs the default G_stack arm (paired) | gap (nats, + = arm better) | wins | p two-sided |", "|---|---|---|---|"]
+        lines += [f"| {n} | {v['mean_gap']:+.4f} | {v['wins']}/{v['n']} | {fmt_p(v['p_two_sided'])} |" for n, v in others]
     lines += ["", "| scratch LR | mean loss at T | std | seeds |", "|---|---|---|---|"]
     for lr, v in sm["scratch_by_lr"].items():
         lines.append(f"| {lr} | {v['mean']:.4f} | {v['std']:.4f} | {v['n']} |")

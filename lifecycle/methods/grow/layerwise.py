@@ -377,7 +377,8 @@ def grow_layerwise(
             new_layers=new,
             trainable_params=trainable,
             steps=result.steps,
-            stopped_early=rule is not None and rule.stopped_at is not None,
+            # the rule may fire at the stage's last evaluation, which saves nothing
+            stopped_early=rule is not None and rule.stopped_at is not None and result.steps < stage_cfg.steps,
             tokens=result.tokens_seen,
             flops=flops_per_token * result.tokens_seen,
             seconds=time.perf_counter() - started,
