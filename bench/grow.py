@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--evals", type=int, help="held-out evaluations per run (default 8; the final one always)")
     parser.add_argument("--eval-blocks", type=int, help="held-out blocks per evaluation (default 128)")
     parser.add_argument("--no-layerwise", action="store_true", help="skip part 2")
-    parser.add_argument("--table", type=Path, help="print the markdown evidence tables of a results JSON and exit")
+    parser.add_argument("--table", type=Path, help="print the markdown evidence tables of a results JSON (statistics recomputed from its runs) and exit")
     parser.add_argument("--boot", type=int, help="bootstrap draws for the ratio's CI (default 2000)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/grow[_quick|_smoke].json)")
     parser.add_argument("--threads", type=int, default=1,
@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, help="scratch folder for run state (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.table is not None:
-        print(markdown(json.loads(args.table.read_text())))
+        done = json.loads(args.table.read_text())
+        done["summary"] = summarize(done)  # recomputed from the stored runs, so the tables follow this file's statistics
+        print(markdown(done))
         return {}
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     s = dict(SETTINGS[mode])
