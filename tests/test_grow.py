@@ -274,6 +274,79 @@ def test_layerwise_lora_changes_old_layers_but_saves_a_plain_model(tmp_path, tin
     save_checkpoint(run.model, tiny_tokenizer, tmp_path / "plain", lineage={"command": "grow"})  # verifies the reload
 
 
+def test_phase_configs_peak_holds_the_lr_and_annealed_decays_it():
+    from lifecycle.train.engine import lr_at
+
+    base = _cfg(steps=100, lr=1e-3, warmup_steps=5, min_lr_ratio=0.1)
+    small, grown = gstack.phase_configs(base, 20, 80)
+    assert (small.steps, grown.steps) == (20, 80)
+    assert lr_at(19, small) == pytest.approx(1e-3)  # prts: taken mid-schedule, LR still at its peak
+    assert lr_at(0, small) < 1e-3  # the warmup is kept
+    small, _ = gstack.phase_configs(base, 20, 80, growth_point="annealed")
+    assert lr_at(19, small) < 0.15e-3  # the earlier default: annealed towards 10% before stacking
+    small, grown = gstack.phase_configs(base, 20, 80, small_lr=1e-3, grown_lr=3e-4)  # prts' 1e-3 -> 3e-4
+    assert small.lr == 1e-3 and grown.lr == 3e-4 and lr_at(10, grown) == pytest.approx(3e-4, rel=0.05)
+    with pytest.raises(LifecycleError, match="growth point"):
+        gstack.phase_configs(base, 20, 80, growth_point="late")
+
+
+def test_unit_substrate_is_the_hashed_direction_at_norm_one(tiny_tokenizer):
+    hashed = layerwise.hashed_embedding(tiny_tokenizer, 40, 16, std=0.02)
+    unit = layerwise.hashed_embedding(tiny_tokenizer, 40, 16, std=0.02, unit_norm=True)
+    assert unit.norm(dim=1).allclose(torch.ones(40), atol=1e-6)
+    assert torch.nn.functional.cosine_similarity(unit, hashed, dim=1).allclose(torch.ones(40), atol=1e-5)
+    model = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(model, embedding="unit", head="train", tokenizer=tiny_tokenizer)
+    emb = adapter_for(model).embed_tokens.weight
+    assert not emb.requires_grad and emb.norm(dim=1).allclose(torch.ones(emb.shape[0]), atol=1e-5)
+
+
+def test_plateau_rule_counts_evaluations_without_a_min_delta_improvement():
+    rule = layerwise.PlateauStop(patience=2, min_delta=0.05)
+    losses = [5.0, 4.9, 4.88, 4.87, 4.7, 4.69, 4.68]  # 4.88 and 4.87 are within 0.05 of 4.9; 4.7 resets
+    stops = [rule({"step": i + 1, "val_loss": v}) for i, v in enumerate(losses)]
+    assert stops == [False, False, False, True, False, False, True]
+    assert rule.best == 4.7 and rule.stopped_at == 7
+    with pytest.raises(LifecycleError, match="patience"):
+        layerwise.PlateauStop(patience=0)
+
+
+def test_layerwise_stage_stops_on_a_held_out_plateau(tmp_path, tiny_tokenizer, tiny_data):
+    """A learning rate too small to move the loss: every stage stops after 1 + patience evaluations."""
+    model = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(model, embedding="hashed", head="train", tokenizer=tiny_tokenizer)
+    run = layerwise.grow_layerwise(model, tiny_data, _cfg(steps=12, lr=1e-9, eval_every=2), tmp_path / "run", target_layers=3,
+                                   stop_patience=2, stop_min_delta=1e-3, progress=False)
+    assert [s.steps for s in run.stages] == [6, 6] and all(s.stopped_early for s in run.stages)
+    assert run.tokens_seen == 2 * 6 * 4 * 32  # tokens and FLOPs count what was trained, not the maximum
+    base = make_tiny_model(len(tiny_tokenizer), layers=1, tie=True)
+    layerwise.freeze_substrate(base, embedding="hashed", head="train", tokenizer=tiny_tokenizer)
+    full = layerwise.grow_layerwise(base, tiny_data, _cfg(steps=12, lr=1e-9, eval_every=2), tmp_path / "full", target_layers=2,
+                                    progress=False)
+    assert full.stages[0].steps == 12 and not full.stages[0].stopped_early  # off by default
+    assert run.stages[0].flops == pytest.approx(full.stages[0].flops / 2)  # half the steps, half the FLOPs
+
+
+def test_stage_flops_charge_frozen_weights_forward_and_activation_gradient_only(tiny_tokenizer):
+    model = make_tiny_model(len(tiny_tokenizer), layers=3, tie=False)
+    a = adapter_for(model)
+    n = [sum(p.numel() for p in layer.parameters()) for layer in a.layers]
+    top = sum(p.numel() for p in a.final_norm.parameters()) + a.lm_head.weight.numel()
+    layerwise.set_trainable(model, [2])  # layers 0-1 frozen below the new one, head and norm trained
+    assert layerwise.stage_flops_per_token(model, [2]) == 2 * (n[0] + n[1]) + 6 * n[2] + 6 * top
+    # LoRA on the old layers: their frozen base weights sit on the backward path (4n), the adapters train (6)
+    peft_model = layerwise._apply_lora(model, [0, 1], 2, 4)
+    layerwise.set_trainable(peft_model.get_base_model(), [2])
+    lora = 0
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            p.requires_grad_(True)
+            lora += p.numel()
+    got = layerwise.stage_flops_per_token(peft_model.get_base_model(), [2], lora=True)
+    assert got == 4 * (n[0] + n[1]) + 6 * lora + 6 * n[2] + 6 * top
+    assert got < 6 * (n[0] + n[1] + n[2] + top)  # the earlier count charged the frozen weights as trained
+
+
 # ------------------------------------------------------------------------------------------ command
 
 
@@ -347,6 +420,23 @@ def test_gstack_from_scratch_trains_small_then_grown(tmp_path):
     assert (out / "loss.png").is_file()
 
 
+def test_gstack_growth_point_and_grown_lr_reach_the_two_phases(tmp_path):
+    """Default growth point: the small phase ends at its peak LR (no anneal); the grown phase runs at grown_lr."""
+    from lifecycle.commands.grow import run_grow
+    from lifecycle.model.card import read_lineage
+
+    opts = _grow_options(config="micro", target_layers=4, output=str(tmp_path / "g"), growth_tokens=512, grown_lr=1e-3,
+                         train=dict(steps=8, micro_batch_size=4, warmup_steps=1, eval_every=0, eval_blocks=4, lr=5e-3, log_every=1))
+    out = run_grow(opts)
+    g = read_lineage(out)["growth"]
+    assert g["growth_point"] == "peak" and g["small_lr"] == 5e-3 and g["grown_lr"] == 1e-3
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    small = [r["lr"] for r in rows if r["phase"] == "small"]
+    grown = [r["lr"] for r in rows if r["phase"] == "grown"]
+    assert len(small) == 4 and small[-1] == pytest.approx(5e-3)  # stacked at the peak
+    assert max(grown) == pytest.approx(1e-3) and grown[-1] < 1e-3  # its own peak, then its own decay
+
+
 def test_layerwise_command_writes_loadable_stage_checkpoints(tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -390,6 +480,10 @@ def test_bad_input_fails_with_one_line_and_writes_nothing(tmp_path, tiny_checkpo
         (["--model", str(tiny_checkpoint), "--layer-map", "0,1,2"], "names layer 2, but the source has 2 layers"),
         (["--model", str(gpt2_checkpoint)], "architecture 'gpt2' is not supported"),
         (["--model", str(tiny_checkpoint), "--plan", "budget_tokens=1000"], "smaller than the growth point"),
+        (["--config", "micro", "growth_point=late"], "growth_point"),
+        (["--model", str(tiny_checkpoint), "grown_lr=0"], "grown_lr"),
+        (["--method", "layerwise", "--config", "micro", "layerwise.stop_patience=-1"], "stop_patience"),
+        (["--method", "layerwise", "--config", "micro", "layerwise.embedding=glyph"], "embedding"),
     ]
     for i, (args, message) in enumerate(cases):
         out = tmp_path / f"out{i}"
@@ -430,25 +524,34 @@ def test_grow_bench_runs_every_part_and_writes_its_summary(tmp_path):
     assert summary["seeds"] == 2 and summary["tokens_each_arm"] > 0
     assert len(summary["paired_gaps"]) == 2 and summary["margin"] > 0
     assert isinstance(summary["beats_scratch_by_more_than_noise"], bool)
+    assert 0 <= summary["paired_p_one_sided"] <= 1
+    # every part ran: the LR sweep (extended past an edge if needed), the variants, the d sweep, the ladder
+    assert len(summary["scratch_by_lr"]) >= 3
+    assert {"gstack", "annealed", "grown_lr_x0.3", "d=0.5T"} <= set(summary["arms"])
+    for arm in summary["arms"].values():
+        lo, hi = arm["token_saving"]["ci95"]
+        assert lo <= hi and arm["token_saving"]["ratio"] >= 1.0 and "vs_scratch_at_1.3T" in arm
     assert out.with_suffix(".png").is_file()
+    assert "| gstack |" in subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "grow.py"), "--table", str(out)],
+                                          check=True, cwd=REPO_ROOT, capture_output=True, text=True).stdout
 
 
 @pytest.mark.bench
 def test_gstack_beats_scratch_at_equal_tokens_by_more_than_seed_noise(tmp_path):
-    """bench/grow.py --quick: 3 seeds per arm, 8-layer target, 200k tokens each (about 4 minutes on
-    2 idle cores; far longer on a busy machine). The runs are deterministic (1 thread, fixed seeds).
+    """bench/grow.py --quick: 5 seeds per arm, 8-layer width-64 target, 100k tokens each (about 5 minutes
+    on one idle core); the same runs as the headline of the full bench (deterministic: 1 thread, fixed seeds).
 
-    Seed noise is the standard deviation σ of one run's final held-out loss over the 3 seeds (init
-    and data order change with the seed), pooled over both arms. The margin is two standard errors
-    of the difference of the arms' means, 2·σ·sqrt(2/3): the mean gap must exceed it (about a 95%
-    one-sided criterion), and G_stack must win for every seed.
+    G_stack (default growth point: the small model at its LR peak) must win for every seed, with a
+    paired t-test over seeds at one-sided p < 0.05, and by more than two standard errors of the
+    difference of the means (2·σ·sqrt(2/5), σ the seed std pooled over both arms).
     """
     out = tmp_path / "grow_quick.json"
     subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "grow.py"), "--quick", "--out", str(out),
                     "--work", str(tmp_path / "work")], check=True, timeout=3000, cwd=REPO_ROOT)
     summary = json.loads(out.read_text())["summary"]
-    assert summary["seeds"] == 3 and summary["tokens_each_arm"] > 0
+    assert summary["seeds"] == 5 and summary["tokens_each_arm"] > 0
     assert all(gap > 0 for gap in summary["paired_gaps"]), summary
+    assert summary["paired_p_one_sided"] < 0.05, summary
     assert summary["gap_at_equal_tokens"] > summary["margin"] > 0, summary
     assert summary["beats_scratch_by_more_than_noise"], summary
     assert out.with_suffix(".png").is_file()

@@ -342,6 +342,7 @@ def train(
     window_start, window_tokens = time.perf_counter(), 0
     last_loss = None
     last_val = history[-1].get("val_loss") if history else None
+    done = start_step
     try:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg)
@@ -411,6 +412,8 @@ def train(
                             f"{description} {done}/{cfg.steps} loss {step_loss:.3f}{val} "
                             f"{row['tokens_per_s']:.0f} tok/s", highlight=False)
                 progress_bar.update(task, completed=done, **fields)
+            if eval_now and hooks.should_stop is not None and last_val is not None and hooks.should_stop(row):
+                break  # the method's stopping rule (e.g. a held-out plateau) ends training after this step
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
                 save_checkpoint(done)
             signum = stop.agreed(accelerator)
@@ -430,8 +433,8 @@ def train(
         final_model = hooks.export_model(final_model)
     return TrainResult(
         model=final_model,
-        steps=cfg.steps,
-        tokens_seen=cfg.steps * tokens_per_step,
+        steps=done,
+        tokens_seen=done * tokens_per_step,
         final_train_loss=last_loss,
         final_val_loss=last_val,
         history=history,

@@ -41,6 +41,10 @@ class TrainHooks:
       ``data.epoch_order(seed, epoch)``); must be a pure function of the epoch so resume stays exact.
     - ``state_dict() -> dict`` / ``load_state_dict(state)``: the callback's own state, written into
       every resume checkpoint (tensors as safetensors, the rest as JSON) and restored on resume.
+    - ``should_stop(row) -> bool``: called after every held-out evaluation with the logged row
+      (``step``, ``tokens``, ``val_loss``, ...); True ends training after that step, and the result
+      then reports the steps and tokens actually trained. It must depend on the row only (every
+      process sees the same held-out loss), so all processes stop at the same step.
     - ``auxiliary_models``: teachers and other models the hooks call; moved to the accelerator's
       device, in eval mode, before training starts.
     """
@@ -55,6 +59,7 @@ class TrainHooks:
     sampler: Callable[[int], torch.Tensor] | None = None
     state_dict: Callable[[], dict] | None = None
     load_state_dict: Callable[[dict], None] | None = None
+    should_stop: Callable[[dict], bool] | None = None
     auxiliary_models: list[nn.Module] = field(default_factory=list)
 
 

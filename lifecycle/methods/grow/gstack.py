@@ -10,10 +10,13 @@ Pre-Training" (NeurIPS 2024, arXiv:2405.15319); reference code tongxuluo/prts,
    whole stack repeated, ``0123 0123 0123 0123``, not each layer repeated. Token embedding, final
    norm and LM head are copied unchanged; width is unchanged; no rescaling, no noise
    (:func:`layer_order`, :func:`stack_layers`).
+   Growth point: the small model is taken mid-schedule, at its LR peak, not annealed (prts resumes
+   from iteration 5,000 of a 300k-step schedule); :func:`phase_configs`, ``growth_point="peak"``.
 3. Continue training the grown model with a *fresh* AdamW (no optimizer state is inherited) and a
    *restarted* warmup + cosine schedule, on the data the small model has not seen yet: the
    reference run resumes the data loader at the small model's last batch (``--resume_id``), i.e.
-   it skips the ``d`` tokens already consumed (:func:`run_gstack`, phase 2, ``skip_tokens``).
+   it skips the ``d`` tokens already consumed (:func:`run_gstack`, phase 2, ``skip_tokens``). prts
+   runs this phase at a lower peak LR than the small model's (3e-4 vs 1e-3): ``grown_lr``.
 4. Growth timing (the paper's Eq. for ``d``, README "guidelines"): for a target of ``N`` parameters
    and a compute budget of ``C`` FLOPs,
    ``log10(d) = 0.88·log10(N) + 163.27/log10(C) − 5.74`` (:func:`growth_tokens`, :func:`growth_plan`).
@@ -317,6 +320,47 @@ class GStackRun:
         return flops_budget(self.small_params, self.small_tokens) + flops_budget(self.grown_params, self.grown_tokens)
 
 
+GrowthPoint = Literal["peak", "annealed"]
+
+
+def phase_configs(
+    train_cfg,
+    small_steps: int,
+    grown_steps: int,
+    *,
+    growth_point: GrowthPoint = "peak",
+    small_lr: float | None = None,
+    grown_lr: float | None = None,
+):
+    """The two phases' :class:`TrainConfig` from one base config: ``(small_cfg, grown_cfg)``.
+
+    ``growth_point="peak"`` (default) follows prts: the small model is a checkpoint taken early in a
+    long schedule (``base_model.sh``: warmup 3,000 of 300,000 cosine steps; ``g_stack.sh`` resumes
+    from iteration 5,000, where the cosine is still at 99.99% of its 1e-3 peak), so it is stacked
+    *without* an anneal. Here the small phase warms up and then holds its peak LR (schedule
+    ``constant``), which is that situation exactly whatever ``d/D`` is; a cosine over the whole
+    budget, cut at ``d``, would already have decayed to 87% of the peak at ``d = D/4``.
+    ``growth_point="annealed"`` is the earlier lifecycle default, kept as an option: the small phase
+    runs its own full warmup + decay to ``min_lr_ratio`` over its ``d`` tokens, so the small model
+    is a finished run (its loss is lower at the moment of stacking; the grown phase then restarts
+    the LR at the peak anyway).
+
+    LRs: the small phase at ``small_lr`` (default ``train_cfg.lr``); the grown phase at ``grown_lr``
+    (default ``train_cfg.lr``: the target's own LR, the one its from-scratch baseline uses). prts
+    lowers the grown phase's peak to 0.3× the small model's (1e-3 → 3e-4, ``g_stack.sh``), which is
+    ``grown_lr = 0.3 * small_lr`` here. The grown phase always gets a restarted warmup and the base
+    config's schedule over its own steps.
+    """
+    if growth_point not in ("peak", "annealed"):
+        raise LifecycleError(f"unknown growth point '{growth_point}' (use peak or annealed)")
+    small_update: dict[str, Any] = {"steps": small_steps, "lr": small_lr or train_cfg.lr}
+    if growth_point == "peak":
+        small_update.update(schedule="constant", step_offset=0, schedule_steps=None)
+    small_cfg = train_cfg.model_copy(update=small_update)
+    grown_cfg = train_cfg.model_copy(update={"steps": grown_steps, "lr": grown_lr or train_cfg.lr})
+    return small_cfg, grown_cfg
+
+
 def joined_history(small_history: list[dict], grown_history: list[dict], small_tokens: int) -> list[dict]:
     """One loss curve over both phases, tokens counted from the start of the small model's training."""
     rows = [dict(r, phase="small") for r in small_history]
@@ -408,12 +452,12 @@ def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
     run_dir = default_run_dir(out)
     pieces: dict[str, Path] = {}
     if opts.config is not None:
-        small_cfg = opts.train.model_copy(update={"steps": s.small_steps, "lr": opts.small_lr or opts.train.lr})
-        grown_cfg = opts.train.model_copy(update={"steps": s.grown_steps})
+        small_cfg, grown_cfg = phase_configs(opts.train, s.small_steps, s.grown_steps, growth_point=opts.growth_point,
+                                             small_lr=opts.small_lr, grown_lr=opts.grown_lr)
         seen, seen_why = 0, "the small model's own tokens (phase 1)"
     else:
         small_cfg = None
-        grown_cfg = opts.train
+        grown_cfg = opts.train.model_copy(update={"lr": opts.grown_lr or opts.train.lr})
         seen, seen_why = source_seen_tokens(opts, s, data)
 
     def save_small(result: Any) -> None:
@@ -452,6 +496,9 @@ def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
         "grown_tokens": run.grown_tokens,
         "skip_tokens": run.skip_tokens,
         "skip_reason": seen_why,
+        "growth_point": opts.growth_point if opts.config else "given source",
+        "small_lr": small_cfg.lr if small_cfg is not None else None,
+        "grown_lr": grown_cfg.lr,
         "train_flops": run.train_flops + (6.0 * run.small_params * source_tokens if opts.model else 0.0),
     }
     if s.plan is not None:

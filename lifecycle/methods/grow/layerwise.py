@@ -52,7 +52,7 @@ from lifecycle.methods.grow.options import LayerwiseOptions
 from lifecycle.methods.registry import register_method
 from lifecycle.model.adapter import adapter_for
 
-EmbeddingKind = Literal["model", "hashed"]
+EmbeddingKind = Literal["model", "hashed", "unit"]
 HeadMode = Literal["train", "frozen"]
 NewLayerInit = Literal["identity", "random"]
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -62,11 +62,14 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 # step 1: the frozen substrate
 
 
-def hashed_embedding(tokenizer: Any, vocab_size: int, hidden_size: int, *, std: float = 0.02, seed: int = 0) -> torch.Tensor:
+def hashed_embedding(tokenizer: Any, vocab_size: int, hidden_size: int, *, std: float = 0.02, seed: int = 0,
+                     unit_norm: bool = False) -> torch.Tensor:
     """A ``[vocab_size, hidden_size]`` table built from the tokenizer without training.
 
     Row ``i`` is a Gaussian vector seeded by ``sha256(f"{seed}|{token text}")`` with per-component RMS
-    ``std`` (the model's init scale). Ids past the tokenizer's vocabulary (padding rows) use their id.
+    ``std`` (the model's init scale), or, with ``unit_norm``, the same direction scaled to L2 norm 1
+    (Bochkov's glyph vectors are L2-normalised). Ids past the tokenizer's vocabulary (padding rows)
+    use their id.
     """
     table = torch.empty(vocab_size, hidden_size, dtype=torch.float32)
     id_to_token = {i: t for t, i in tokenizer.get_vocab().items()} if tokenizer is not None else {}
@@ -75,7 +78,8 @@ def hashed_embedding(tokenizer: Any, vocab_size: int, hidden_size: int, *, std: 
         digest = hashlib.sha256(f"{seed}|{text}".encode("utf-8")).digest()
         g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
         row = torch.randn(hidden_size, generator=g)
-        table[i] = row * (std / row.pow(2).mean().sqrt().clamp_min(1e-12))
+        scale = 1.0 / row.norm().clamp_min(1e-12) if unit_norm else std / row.pow(2).mean().sqrt().clamp_min(1e-12)
+        table[i] = row * scale
     return table
 
 
@@ -87,12 +91,14 @@ def freeze_substrate(model: nn.Module, *, embedding: EmbeddingKind = "model", he
     """
     adapter = adapter_for(model)
     emb = adapter.embed_tokens
-    if embedding == "hashed":
+    if embedding in ("hashed", "unit"):
         std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+        table = hashed_embedding(tokenizer, emb.weight.shape[0], emb.weight.shape[1], std=std, seed=seed,
+                                 unit_norm=embedding == "unit")
         with torch.no_grad():
-            emb.weight.copy_(hashed_embedding(tokenizer, emb.weight.shape[0], emb.weight.shape[1], std=std, seed=seed))
+            emb.weight.copy_(table)
     elif embedding != "model":
-        raise LifecycleError(f"unknown embedding '{embedding}' (use model or hashed)")
+        raise LifecycleError(f"unknown embedding '{embedding}' (use model, hashed or unit)")
     if head == "train" and adapter.tied_embeddings:
         adapter.lm_head.weight = nn.Parameter(emb.weight.detach().clone())
         model.config.tie_word_embeddings = False
@@ -162,20 +168,75 @@ def set_trainable(model: nn.Module, trainable_layers: list[int]) -> None:
 
 
 def stage_flops_per_token(model: nn.Module, trainable_layers: list[int], *, lora: bool = False) -> float:
-    """Training FLOPs per token of one stage: ``2·N`` forward plus backward through what needs it.
+    """Training FLOPs per token of one stage, charging each weight only for the passes it needs.
 
-    Backward costs ``4·n`` for every parameter on the path from the loss down to the lowest
-    trainable layer (activation gradient ``2n`` and weight gradient ``2n``; frozen layers above a
-    trainable one would cost ``2n``, but new layers are always on top). The embedding lookup is free.
-    With LoRA every old layer is on that path (LoRA's own parameters are negligible here).
+    A weight matrix of ``n`` entries costs ``2n`` per token in the forward pass, ``2n`` more in the
+    backward pass when the gradient must flow *through* it to reach something trainable below
+    (the activation gradient), and ``2n`` more when it is itself trained (its weight gradient). So:
+
+    * a trained weight: ``6n`` (the usual ``6·N``);
+    * a frozen weight on the backward path (above the lowest trainable layer, or every old layer
+      under LoRA, whose adapters sit in all of them): ``4n`` — forward plus activation gradient,
+      no weight gradient;
+    * a frozen weight below everything trainable: ``2n`` (forward only).
+
+    ``model`` must already have its trainable parameters marked (:func:`set_trainable`). Under LoRA
+    pass the model that carries the adapters (peft's base model): the old layers' base weights are
+    frozen and on the path (``4n``), the adapters inside them are trained (``6`` per parameter). The embedding lookup is free (a tied embedding is charged as
+    the head, which is a matmul). Until issue #13 the LoRA case charged every old frozen weight
+    ``6n``, as if it were trained.
     """
     adapter = adapter_for(model)
-    total = adapter.num_parameters()
-    lookup = 0 if adapter.tied_embeddings else adapter.embed_tokens.weight.numel()
+    layers = list(adapter.layers)
     lowest = 0 if lora or not trainable_layers else min(trainable_layers)
-    path = sum(p.numel() for i in range(lowest, len(adapter.layers)) for p in adapter.layers[i].parameters())
-    path += sum(p.numel() for p in adapter.final_norm.parameters()) + adapter.lm_head.weight.numel()
-    return 2.0 * (total - lookup) + 4.0 * path
+
+    def cost(params, on_path: bool) -> float:
+        total = 0.0
+        for p in params:
+            total += (2.0 + (2.0 if on_path else 0.0) + (2.0 if p.requires_grad else 0.0)) * p.numel()
+        return total
+
+    flops = sum(cost(layer.parameters(), i >= lowest) for i, layer in enumerate(layers))
+    flops += cost(adapter.final_norm.parameters(), True) + cost([adapter.lm_head.weight], True)
+    return flops
+
+
+# ------------------------------------------------------------------------------------------------
+# per-stage stopping rule
+
+
+class PlateauStop:
+    """Held-out plateau rule for one stage (``should_stop`` of :class:`TrainHooks`).
+
+    At every held-out evaluation (every ``train.eval_every`` steps) the loss counts as an
+    improvement when it is below the best counted loss by more than ``min_delta``; the stage stops at
+    the ``patience``-th evaluation in a row without one. The first evaluation sets the best and
+    never stops. Bochkov trains every stage to convergence; this is the cheap stand-in for
+    "converged" on a budget. The stage's LR schedule is planned for its full ``steps``, so a stage
+    that stops early ends before its cosine has decayed.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0):
+        if patience < 1:
+            raise LifecycleError(f"stopping patience must be at least 1 evaluation, got {patience}")
+        if min_delta < 0:
+            raise LifecycleError(f"stopping min_delta must be non-negative, got {min_delta}")
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best: float | None = None
+        self.bad = 0
+        self.stopped_at: int | None = None
+
+    def __call__(self, row: dict) -> bool:
+        loss = float(row["val_loss"])
+        if self.best is None or loss < self.best - self.min_delta:
+            self.best, self.bad = loss, 0
+            return False
+        self.bad += 1  # the best stays where the last counted improvement left it (no slow drift)
+        if self.bad >= self.patience:
+            self.stopped_at = int(row["step"])
+            return True
+        return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -188,6 +249,8 @@ class StageReport:
     layers: int  # depth after this stage
     new_layers: list[int]
     trainable_params: int
+    steps: int
+    stopped_early: bool
     tokens: int
     flops: float
     seconds: float
@@ -238,6 +301,8 @@ def grow_layerwise(
     lora_rank: int = 0,
     lora_alpha: float | None = None,
     new_layer_init: NewLayerInit = "identity",
+    stop_patience: int = 0,
+    stop_min_delta: float = 0.0,
     seen_tokens: int = 0,
     on_stage: Callable[[StageReport, nn.Module], None] | None = None,
     train_fn: Callable | None = None,
@@ -247,7 +312,8 @@ def grow_layerwise(
 
     ``train_initial``: first train the model's existing layers as stage 1 (growing from a config:
     the first block is trained from scratch on the substrate). Every stage trains with ``cfg`` (a
-    :class:`TrainConfig`; ``cfg.steps`` steps per stage) and continues the data stream. ``on_stage``
+    :class:`TrainConfig`; ``cfg.steps`` steps per stage, at most, when ``stop_patience > 0`` turns on
+    :class:`PlateauStop`) and continues the data stream. ``on_stage``
     is called with each stage's report and the plain (LoRA-merged) model.
     """
     from lifecycle.train.engine import TrainHooks, train
@@ -280,7 +346,6 @@ def grow_layerwise(
         old = [i for i in range(len(adapter_for(model).layers)) if i not in new]
         set_trainable(model, new)
         use_lora = lora_rank > 0 and bool(old)
-        flops_per_token = stage_flops_per_token(model, new, lora=use_lora)
         trainee = _apply_lora(model, old, lora_rank, lora_alpha or 2 * lora_rank) if use_lora else model
         if use_lora:
             # get_peft_model freezes everything but the adapters; the new layers train in full.
@@ -288,14 +353,17 @@ def grow_layerwise(
             for name, p in trainee.named_parameters():
                 if "lora_" in name:
                     p.requires_grad_(True)
+        # After the adapters are in place, so they are charged as trained and the base weights as frozen.
+        flops_per_token = stage_flops_per_token(trainee.get_base_model() if use_lora else model, new, lora=use_lora)
         trainable = sum(p.numel() for p in trainee.parameters() if p.requires_grad)
         stage_cfg = cfg.model_copy(update={"skip_tokens": seen_tokens + tokens_so_far})
+        rule = PlateauStop(stop_patience, stop_min_delta) if stop_patience > 0 else None
         result = train_fn(
             trainee,
             data,
             stage_cfg,
             run_dir / f"stage-{number}",
-            hooks=TrainHooks(),
+            hooks=TrainHooks(should_stop=rule),
             description=f"layer-wise stage {number}",
             progress=progress,
         )
@@ -308,6 +376,9 @@ def grow_layerwise(
             layers=len(adapter_for(model).layers),
             new_layers=new,
             trainable_params=trainable,
+            steps=result.steps,
+            # the rule may fire at the stage's last evaluation, which saves nothing
+            stopped_early=rule is not None and rule.stopped_at is not None and result.steps < stage_cfg.steps,
             tokens=result.tokens_seen,
             flops=flops_per_token * result.tokens_seen,
             seconds=time.perf_counter() - started,
@@ -374,6 +445,8 @@ def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
         lora_rank=lw.lora_rank,
         lora_alpha=lw.lora_alpha,
         new_layer_init=lw.new_layer_init,
+        stop_patience=lw.stop_patience,
+        stop_min_delta=lw.stop_min_delta,
         seen_tokens=seen if opts.skip_seen_tokens else 0,
         on_stage=on_stage,
     )
@@ -390,6 +463,8 @@ def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
         "head": lw.head,
         "new_layer_init": lw.new_layer_init,
         "lora_rank": lw.lora_rank,
+        "stop_patience": lw.stop_patience,
+        "stop_min_delta": lw.stop_min_delta,
         "skip_tokens": seen,
         "skip_reason": seen_why,
         "source_tokens": source_tokens,
@@ -400,7 +475,7 @@ def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
     last = run.stages[-1]
     result = TrainResult(
         model=run.model,
-        steps=s.stage_steps * len(run.stages),
+        steps=sum(st.steps for st in run.stages),
         tokens_seen=run.tokens_seen,
         final_train_loss=last.final_train_loss,
         final_val_loss=last.final_val_loss,

@@ -15,8 +15,10 @@ class LayerwiseOptions(CommandOptions):
     """Settings of layer-wise growth (method: layerwise)."""
 
     layers_per_stage: int = Field(1, ge=1, description="layers added (and trained) per stage")
-    embedding: Literal["model", "hashed"] = Field(
-        "model", description="frozen substrate: the model's own embedding, or one hashed from the tokenizer's token strings"
+    embedding: Literal["model", "hashed", "unit"] = Field(
+        "model",
+        description="frozen substrate: the model's own embedding; hashed: a Gaussian per token string at the init scale; "
+        "unit: the same vectors at L2 norm 1 (the paper's normalised glyph vectors)",
     )
     head: Literal["train", "frozen"] = Field("train", description="train the LM head (untied from the embedding) or keep it frozen")
     new_layer_init: Literal["identity", "random"] = Field(
@@ -24,6 +26,11 @@ class LayerwiseOptions(CommandOptions):
     )
     lora_rank: int = Field(0, ge=0, description="LoRA rank on the old layers during each stage (0 = old layers frozen)")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (default 2 × rank)")
+    stop_patience: int = Field(
+        0, ge=0, description="end a stage after this many held-out evaluations (train.eval_every) in a row without an "
+        "improvement of more than stop_min_delta; 0 = train every stage for its full steps",
+    )
+    stop_min_delta: float = Field(0.0, ge=0, description="smallest held-out loss drop that counts as an improvement")
 
 
 class GrowOptions(MethodOptions, TextDataOptions):
@@ -44,6 +51,14 @@ class GrowOptions(MethodOptions, TextDataOptions):
     budget_tokens: int | None = Field(None, ge=1, description="total token budget D (default: train.steps × tokens per step)")
     growth_tokens: int | None = Field(None, ge=1, description="d: tokens for the small model (default: the paper's formula)")
     small_lr: float | None = Field(None, gt=0, description="peak LR of the small model's phase (default train.lr)")
+    grown_lr: float | None = Field(
+        None, gt=0, description="peak LR after stacking (default train.lr, the target's own LR; prts lowers it 1e-3 → 3e-4)"
+    )
+    growth_point: Literal["peak", "annealed"] = Field(
+        "peak",
+        description="G_stack from a config: stack the small model at its LR peak (prts: mid-schedule, no anneal) or "
+        "after annealing it to train.min_lr_ratio (the earlier default)",
+    )
     skip_seen_tokens: bool = Field(True, description="skip the tokens the source already saw of this data")
     seen_tokens: int | None = Field(None, ge=0, description="tokens of this data the source saw (default: from its lineage)")
     allow_pickle: bool = False
