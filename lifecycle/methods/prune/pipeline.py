@@ -164,7 +164,7 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         load_plan_file,
         resolve_target,
     )
-    from lifecycle.methods.prune.taylor_uniform import gqa_keep, removal_share, taylor_layers
+    from lifecycle.methods.prune.taylor_uniform import kv_keep_for, taylor_layers
     from lifecycle.model.adapter import adapter_for
     from lifecycle.model.pruned import finalize, layer_shapes, source_family
 
@@ -183,9 +183,8 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
     ratio_origin = "--ratio" if opts.ratio is not None else "--target-params"
     if method.name == "taylor-uniform" and plan is None:
         # Validate the layer range and the GQA arithmetic before spending time on calibration.
-        pruned_layers = taylor_layers(adapter, opts.prune_layers, uniform=opts.uniform)
-        rho = opts.attention_ratio if opts.attention_ratio is not None else removal_share(adapter, target, pruned_layers)
-        gqa_keep(adapter, rho, origin=ratio_origin if opts.attention_ratio is None else "--attention-ratio", layers=pruned_layers)
+        kv_keep_for(adapter, target, taylor_layers(adapter, opts.prune_layers, uniform=opts.uniform), opts.attention_ratio,
+                    ratio_origin)
     stages = resolve_stages(opts, before["total"], target)
     calib = build_calibration(tokenizer, opts.calib_data or opts.data, samples=opts.calibration_samples,
                               length=opts.calib_length, seed=opts.train.seed)

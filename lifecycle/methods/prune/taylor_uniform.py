@@ -64,15 +64,28 @@ def taylor_layers(adapter: DecoderAdapter, spec: str | None, *, uniform: bool = 
 
 
 def removal_share(adapter: DecoderAdapter, target: int, layers: list[int]) -> float:
-    """Share of the pruned layers' parameters that must go to reach ``target`` (their uniform ratio)."""
+    """Share of the pruned layers' parameters that must go to reach ``target`` (their uniform ratio);
+    with every layer pruned, the share of the decoder (the ``--ratio`` itself)."""
     costs = Costs.of(adapter)
-    share = (costs.total - target) / max(1, sum(costs.layer[i] for i in layers))
+    whole = len(layers) == len(adapter.layers)
+    share = (costs.total - target) / max(1, costs.non_embedding if whole else sum(costs.layer[i] for i in layers))
     if share >= 1:
         raise LifecycleError(
             f"target {fmt_params(target)} would remove {share:.0%} of layers {layers[0]}–{layers[-1]}, the only ones "
             "uniform Taylor prunes: widen prune_layers (e.g. prune_layers=all) or use a larger target"
         )
     return share
+
+
+def kv_keep_for(adapter: DecoderAdapter, target: int, layers: list[int], attention_ratio: float | None,
+                ratio_origin: str) -> list[int]:
+    """KV groups per layer: ``attention_ratio``, or by default the target's share of the pruned layers."""
+    if attention_ratio is not None:
+        return gqa_keep(adapter, attention_ratio, origin="--attention-ratio", layers=layers)
+    rho = removal_share(adapter, target, layers)
+    origin = ratio_origin if len(layers) == len(adapter.layers) else (
+        f"{ratio_origin} (as a share of the pruned layers {layers[0]}–{layers[-1]})")
+    return gqa_keep(adapter, rho, origin=origin, layers=layers)
 
 
 def gqa_keep(adapter: DecoderAdapter, attention_ratio: float, *, origin: str = "--attention-ratio",
@@ -184,8 +197,7 @@ def prune_taylor_uniform(
     if layers is None:
         layers = list(range(len(adapter.layers)))
     if plan is None:
-        rho = attention_ratio if attention_ratio is not None else removal_share(adapter, target, layers)
-        kv_keep = gqa_keep(adapter, rho, origin=ratio_origin if attention_ratio is None else "--attention-ratio", layers=layers)
+        kv_keep = kv_keep_for(adapter, target, layers, attention_ratio, ratio_origin)
         plan = solve_uniform_plan(adapter, target, kv_keep, channel_round=channel_round, min_channels=min_channels,
                                   layers=layers)
     scores, hit = cached_taylor(adapter, calib, model_fp, batch_size=batch_size, use_cache=use_cache, order=order)
@@ -200,7 +212,7 @@ def prune_taylor_uniform(
     }
 
 
-__all__ = ["cached_taylor", "gqa_keep", "prune_taylor_uniform", "recipe_layer_range", "removal_share", "solve_uniform_plan",
+__all__ = ["cached_taylor", "gqa_keep", "kv_keep_for", "prune_taylor_uniform", "recipe_layer_range", "removal_share", "solve_uniform_plan",
            "taylor_layers"]
 
 
