@@ -168,7 +168,7 @@ class AdaptPruner:
         return scores
 
     def step_plan(self, sparsity: torch.Tensor, now: Plan) -> Plan:
-        """Widths for per-layer sparsity ``s_l`` (relative to the original widths; never grows a layer)."""
+        """Widths for per-layer sparsity ``s_l``, relative to the widths this pruning run (stage) started from; never grows a layer."""
         cfg = self.settings
         layers = []
         for i, cur in enumerate(now.layers):
