@@ -10,8 +10,14 @@ once as the reference.
 
 Part ``tiny``: a ``tiny``-preset LLaMA is trained on Shakespeare here, then pruned to ``--tiny-keep`` of
 its decoder by Adapt-Pruner one-shot (prune, then train ``S`` steps) and by Adapt-Accel with ``N``
-stages (prune a slice, train a slice; ``S`` steps in total), over several seeds: incremental vs one-shot
-at equal training tokens, scored by held-out loss on Shakespeare's validation tail.
+stages (prune a slice, train a slice; ``S`` steps in total; ``auto`` = lifecycle's default of about 5 %
+of the model per stage, with the per-stage reset and fresh calibration per step), over several seeds:
+incremental vs one-shot at equal training tokens, scored by held-out loss on Shakespeare's validation
+tail, with the per-seed paired difference.
+
+FLAP runs at its own calibration size (``--flap-calib-samples 1024 --flap-calib-length 128``, FLAP's
+``main.py --nsamples 1024`` of 128 tokens); the other methods at lifecycle's defaults unless
+``--calib-samples`` is given.
 
 The defaults are sized for a shared 2-core CPU (roughly 1–2 hours): a few thousand recovery tokens and
 ``--eval-limit`` items per task, so differences of a few accuracy points are *within* noise; the
@@ -186,10 +192,13 @@ def run_smollm2(args, results: Results) -> None:
         real_method = method
         if method == "adapt-accel":
             real_method, stages = "adapt", args.accel_stages
+        calib_samples, calib_length = args.calib_samples, args.calib_length
+        if method == "flap":  # FLAP's own calibration (main.py --nsamples 1024, 128-token samples), not Adapt-Pruner's
+            calib_samples, calib_length = args.flap_calib_samples, args.flap_calib_length
         opts = PruneOptions(
             model="smollm2", output=str(Path(tempfile.gettempdir()) / f"bench-prune-{key}"), method=real_method,
-            ratio=round(1 - args.decoder_keep, 6), data=args.data, calib_samples=args.calib_samples,
-            calib_length=args.calib_length, calib_batch_size=args.calib_batch, step_fraction=args.adapt_step,
+            ratio=round(1 - args.decoder_keep, 6), data=args.data, calib_samples=calib_samples,
+            calib_length=calib_length, calib_batch_size=args.calib_batch, step_fraction=args.adapt_step,
             amplitude=args.adapt_amplitude, stages=stages, use_cache=not args.no_cache,
             block_size=args.block_size,
             train=recovery.model_copy(update={"steps": args.recovery_steps if stages > 1 else 0}), **extra,
@@ -205,6 +214,7 @@ def run_smollm2(args, results: Results) -> None:
             "plan": plan,
             "scores_cached": report.get("scores_cached"),
             "steps": len(report.get("steps") or []),
+            "pruned_layers": report.get("pruned_layers"),
         }
         if stages > 1:
             entry["stages"] = report.get("stages")
@@ -275,18 +285,23 @@ def run_tiny(args, results: Results) -> None:
                  "params": sum(p.numel() for p in base.model.parameters())}, "tiny", "base")
     tokens = args.tiny_steps * 8 * 128
     results.put({"decoder_keep": args.tiny_keep, "recovery_steps": args.tiny_steps, "recovery_tokens": tokens,
-                 "stages": args.tiny_stages, "seeds": args.tiny_seeds}, "tiny", "settings")
+                 "stages": args.tiny_stages, "seeds": args.tiny_seeds, "calib_samples": args.tiny_calib_samples,
+                 "adapt_step": args.tiny_adapt_step, "adapt_amplitude": args.tiny_adapt_amplitude,
+                 "stage_sparsity": args.tiny_stage_sparsity}, "tiny", "settings")
+    # Adapt-Pruner knobs of the tiny runs (None = lifecycle's defaults: 512 × 64 fresh calibration per step)
+    adapt_kw = {"calib_samples": args.tiny_calib_samples, "calib_length": 64, "step_fraction": args.tiny_adapt_step,
+                "amplitude": args.tiny_adapt_amplitude, "stage_sparsity": args.tiny_stage_sparsity}
     for seed in range(args.tiny_seeds):
-        for stages in [1, *args.tiny_stages]:
-            key = f"stages={stages},seed={seed}"
+        for label in ["1", *args.tiny_stages]:
+            stages = None if label == "auto" else int(label)  # auto: ~5 % of the model per stage
+            key = f"stages={label},seed={seed}"
             if results.get("tiny", "runs", key) is not None:
                 continue
             loaded = load_model(str(base_dir))
             opts = PruneOptions(
                 model=str(base_dir), output=str(Path(tempfile.gettempdir()) / "bench-prune-tiny-out"), method="adapt",
-                ratio=round(1 - args.tiny_keep, 6), data="shakespeare", calib_samples=32, calib_length=64,
-                step_fraction=0.05, amplitude=0.05, stages=stages, channel_round=4, min_channels=4, block_size=128,
-                use_cache=False,
+                ratio=round(1 - args.tiny_keep, 6), data="shakespeare", stages=stages, channel_round=4, min_channels=4,
+                block_size=128, use_cache=False, **adapt_kw,
                 train={"steps": args.tiny_steps, "lr": 1e-3, "warmup_steps": 5, "schedule": "wsd", "decay_fraction": 0.3,
                        "micro_batch_size": 8, "eval_every": 0, "seed": seed, "weight_decay": 0.0},
             )
@@ -294,24 +309,35 @@ def run_tiny(args, results: Results) -> None:
             pruned, report, _, history, _ = prune_model(opts, loaded, log=lambda m: None)
             loss = held_out_loss(pruned, val)
             results.put({"held_out_loss": loss, "params": report["params_after"], "seconds": round(time.perf_counter() - t0, 1),
-                         "tokens": report["recovery"]["tokens_seen"]}, "tiny", "runs", key)
+                         "tokens": report["recovery"]["tokens_seen"], "stages": report["adapt_accel_stages"],
+                         "prune_steps": len(report.get("steps") or [])}, "tiny", "runs", key)
             log(f"tiny {key}: held-out loss {loss:.4f}")
         if results.get("tiny", "one_shot_before", f"seed={seed}") is None:
             loaded = load_model(str(base_dir))
             opts = PruneOptions(model=str(base_dir), output=str(Path(tempfile.gettempdir()) / "bench-prune-tiny-out"),
-                                method="adapt", ratio=round(1 - args.tiny_keep, 6), data="shakespeare", calib_samples=32,
-                                calib_length=64, step_fraction=0.05, amplitude=0.05, channel_round=4, min_channels=4,
-                                use_cache=False, train={"steps": 0, "seed": seed})
+                                method="adapt", ratio=round(1 - args.tiny_keep, 6), data="shakespeare", channel_round=4,
+                                min_channels=4, use_cache=False, train={"steps": 0, "seed": seed}, **adapt_kw)
             pruned, *_ = prune_model(opts, loaded, log=lambda m: None)
             results.put(held_out_loss(pruned, val), "tiny", "one_shot_before", f"seed={seed}")
     runs = results.get("tiny", "runs") or {}
     summary = {}
-    for stages in [1, *args.tiny_stages]:
-        losses = [v["held_out_loss"] for k, v in runs.items() if k.startswith(f"stages={stages},")]
+    for label in ["1", *args.tiny_stages]:
+        chosen = {k: v for k, v in runs.items() if k.startswith(f"stages={label},")}
+        losses = [v["held_out_loss"] for v in chosen.values()]
         if losses:
             mean = sum(losses) / len(losses)
             sd = math.sqrt(sum((x - mean) ** 2 for x in losses) / max(len(losses) - 1, 1))
-            summary[f"stages={stages}"] = {"mean_loss": mean, "sd": sd, "n": len(losses), "ppl": math.exp(mean)}
+            summary[f"stages={label}"] = {"mean_loss": mean, "sd": sd, "n": len(losses), "ppl": math.exp(mean),
+                                          "stages_used": sorted({v.get("stages") for v in chosen.values()}, key=str)}
+    one_shot = {k.split(",")[1]: v["held_out_loss"] for k, v in runs.items() if k.startswith("stages=1,")}
+    for label in args.tiny_stages:  # paired by seed: incremental minus one-shot
+        diffs = [v["held_out_loss"] - one_shot[k.split(",")[1]] for k, v in runs.items()
+                 if k.startswith(f"stages={label},") and k.split(",")[1] in one_shot]
+        if len(diffs) >= 2:
+            mean = sum(diffs) / len(diffs)
+            sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+            summary[f"stages={label}"]["paired_minus_one_shot"] = {
+                "mean": mean, "sd": sd, "n": len(diffs), "t": mean / (sd / math.sqrt(len(diffs))) if sd > 0 else None}
     results.put(summary, "tiny", "summary")
 
 
@@ -321,8 +347,11 @@ def main() -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma list; add adapt-accel for the staged variant")
     p.add_argument("--decoder-keep", type=float, default=0.70)
     p.add_argument("--data", default="wikitext", help="calibration and recovery data for SmolLM2")
-    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-samples", type=int, default=None,
+                   help="calibration blocks per draw (default: lifecycle's, 512 for adapt, 128 for the others)")
     p.add_argument("--calib-length", type=int, default=64)
+    p.add_argument("--flap-calib-samples", type=int, default=1024, help="FLAP's own calibration size (main.py --nsamples)")
+    p.add_argument("--flap-calib-length", type=int, default=128)
     p.add_argument("--calib-batch", type=int, default=8)
     p.add_argument("--adapt-step", type=float, default=0.02, help="Adapt-Pruner Δ (the reference scripts' 0.02)")
     p.add_argument("--adapt-amplitude", type=float, default=0.02, help="Adapt-Pruner A (the reference scripts' 0.02)")
@@ -341,7 +370,12 @@ def main() -> None:
     p.add_argument("--tiny-base-steps", type=int, default=400)
     p.add_argument("--tiny-keep", type=float, default=0.5)
     p.add_argument("--tiny-steps", type=int, default=100)
-    p.add_argument("--tiny-stages", type=int, nargs="+", default=[5])
+    p.add_argument("--tiny-stages", nargs="+", default=["auto"],
+                   help="stage counts compared with one-shot; auto = lifecycle's ~5 %% of the model per stage")
+    p.add_argument("--tiny-calib-samples", type=int, default=None, help="default: lifecycle's (512 per step)")
+    p.add_argument("--tiny-adapt-step", type=float, default=0.02)
+    p.add_argument("--tiny-adapt-amplitude", type=float, default=0.02)
+    p.add_argument("--tiny-stage-sparsity", choices=["reset", "carry"], default="reset")
     p.add_argument("--tiny-seeds", type=int, default=3)
     p.add_argument("--tiny-val-blocks", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="tiny sizes everywhere (smoke test, numbers meaningless)")
@@ -350,6 +384,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.calib_samples, args.calib_length, args.recovery_steps, args.eval_limit = 4, 32, 2, 5
+        args.flap_calib_samples, args.flap_calib_length, args.tiny_calib_samples = 4, 32, 8
         args.wikitext_docs, args.tiny_base_steps, args.tiny_steps, args.tiny_seeds = 1, 20, 8, 1
         args.adapt_step = args.adapt_amplitude = 0.1
         args.accel_stages = 2

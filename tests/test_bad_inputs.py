@@ -148,6 +148,10 @@ ROWS: list[tuple[str, list[str], str, str | None]] = [
     ("prune-plan-binary", ["prune", "-m", "{ckpt}", "-o", "{tmp}/out", "--plan", "{binary_yaml}", "calib_samples=2"],
      "binary.yaml", None),
     ("prune-plan-missing", ["prune", "-m", "{ckpt}", "-o", "{tmp}/out", "--plan", "{tmp}/plan.yaml"], "plan file not found", None),
+    ("prune-layer-range-outside-model", [*PRUNE, "--method", "taylor-uniform", "--attention-ratio", "0.5", "prune_layers=1:99"],
+     "is not a range of the model", None),
+    ("prune-reference-kd-alpha-above-one", [*PRUNE, "train.steps=2", "distill=3"], "distill_loss=added", None),
+    ("prune-taylor-order-other-method", [*PRUNE, "--method", "flap", "taylor=param_mix"], "apply to method taylor-uniform", None),
     # recipes
     ("recipe-missing", ["run", "{tmp}/missing.yaml"], "recipe not found", None),
     ("recipe-invalid-yaml", ["run", "{bad_yaml}"], "not valid YAML", None),

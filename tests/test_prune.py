@@ -324,6 +324,237 @@ def test_world_size_comes_from_the_launcher(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert launched_world_size() == 4
 
+# -- issue #13: the reference's Adapt-Accel, calibration, distillation and LLM-Pruner recipe ---------
+
+def _pool_calibration(vocab: int, samples: int = 8, length: int = 16, pool: int = 64, seed: int = 0):
+    """Calibration over a random token pool (no corpus needed): draws differ, seeded."""
+    from lifecycle.methods.prune.importance import Calibration, _digest
+
+    blocks = torch.randint(0, vocab, (pool, length), generator=torch.Generator().manual_seed(11))
+    tokens = blocks[:samples].clone()
+    return Calibration(tokens=tokens, source="random", seed=seed, fingerprint=_digest(tokens), pool=blocks,
+                       pool_fingerprint=_digest(blocks))
+
+
+def _accel(model, calib, target: int, stages: int, **settings):
+    """Adapt-Accel with no training between stages: only the pruning schedule is compared."""
+    from lifecycle.methods.prune.adapt_pruner import AdaptPruner, AdaptSettings, run_adapt_accel
+    from lifecycle.model.adapter import adapter_for
+
+    kw = {"step_fraction": 0.05, "amplitude": 0.05, "channel_round": 1, "min_channels": 1, **settings}
+    pruner = AdaptPruner(adapter_for(model), calib, AdaptSettings(**kw), batch_size=8)
+    return pruner, run_adapt_accel(pruner, target, stages, lambda k, a, b: {}, stages)
+
+
+def test_stage_reset_is_the_default_and_differs_from_carrying_the_sparsity(tiny_tokenizer):
+    """Issue #13.1, 4 stages at 50 %: resetting s_l each stage (reference) and carrying it across stages
+    end with different KV groups per layer; both hit the hand-computed stage targets."""
+    from lifecycle.methods.prune.adapt_pruner import AdaptSettings, stage_targets
+    from lifecycle.methods.prune.plan import resolve_target
+    from lifecycle.model.adapter import adapter_for
+
+    assert AdaptSettings().stage_sparsity == "reset"
+    vocab = len(tiny_tokenizer)
+    kv = {}
+    for mode in ("reset", "carry"):
+        model = _tiny(vocab, "llama", layers=4)
+        adapter = adapter_for(model)
+        p0, decoder = adapter.num_parameters(), adapter.num_parameters(include_embeddings=False)
+        target = resolve_target(adapter, ratio=0.5)
+        pruner, report = _accel(model, _pool_calibration(vocab), target, 4, stage_sparsity=mode)
+        kv[mode] = pruner.history[-1]["kv_groups"]
+        # hand-computed stage targets: P0 − (P0 − P*)·k/4 with P0 − P* = half the decoder
+        hand = [p0 - decoder / 2 * k / 4 for k in (1, 2, 3, 4)]
+        assert all(abs(r["target"] - h) <= 1 for r, h in zip(report, hand))
+        assert [r["target"] for r in report] == stage_targets(p0, target, 4)
+        for r in report:  # each stage lands on its target, within one KV group (1536) and a channel per layer
+            assert r["target"] - 1536 - 4 * 96 < r["params"] <= r["target"]
+    assert kv["reset"] != kv["carry"]
+
+
+def test_stage_reset_matches_a_hand_computed_schedule(tiny_tokenizer):
+    """Uniform sparsity (A = 0) makes both schedules computable by hand. Reset: at stage k every layer
+    keeps both KV groups and the largest MLP width c_k whose model fits the stage target, reached in
+    ⌈s_k/Δ⌉ steps with s_k relative to c_{k−1} (the width the stage started from). Carried: s_l passes
+    0.5 of the *original* widths, so every layer ends with one KV group."""
+    import math
+
+    from lifecycle.methods.prune.plan import resolve_target
+    from lifecycle.model.adapter import adapter_for
+
+    vocab = len(tiny_tokenizer)
+    channel = 3 * 32  # parameters of one MLP channel: gate row + up row + down column
+    final = {}
+    for mode in ("reset", "carry"):
+        model = _tiny(vocab, "llama", layers=4)
+        adapter = adapter_for(model)
+        p0 = adapter.num_parameters()
+        target = resolve_target(adapter, ratio=0.5)
+        pruner, report = _accel(model, _pool_calibration(vocab), target, 4, uniform=True, stage_sparsity=mode)
+        final[mode] = pruner.history[-1]
+        if mode == "carry":
+            continue
+        widths = [64]
+        for k, r in enumerate(report, 1):
+            c = 64 - math.ceil((p0 - r["target"]) / (4 * channel))  # fewest channels removed to reach the target
+            widths.append(c)
+            assert r["params"] == p0 - 4 * channel * (64 - c)
+            # width kept = round(c_{k−1}·(1 − s)), so s_k = (c_{k−1} − c_k − ½)/c_{k−1}; Δ = 0.05 per step
+            s_k = (widths[k - 1] - c - 0.5) / widths[k - 1]
+            assert r["prune_steps"] == math.ceil(s_k / 0.05)
+    assert final["reset"]["kv_groups"] == [2, 2, 2, 2] and final["reset"]["channels"] == [widths[-1]] * 4
+    assert final["carry"]["kv_groups"] == [1, 1, 1, 1]
+
+
+def test_stage_count_is_about_five_percent_per_stage():
+    """Issue #13.2: N = round(ln(P*/P0) / ln 0.95), checked against the reference scripts."""
+    import math
+
+    from lifecycle.methods.prune.adapt_pruner import default_stage_count
+
+    # experiments/iterative_Prune_Train_Qwen0.5B.sh: 494,032,768 → 376,100,000 in 5 stages
+    assert default_stage_count(494_032_768, 376_100_000) == 5
+    # experiments/iterative_Prune_Train_MobileLLM350M.sh: 376,100,000 → 143,100,000 in 20 stages;
+    # the rule gives 19 (4.96 % per stage; the script's 20 are 4.72 % each)
+    assert default_stage_count(376_100_000, 143_100_000) == 19
+    assert 1 - (143.1 / 376.1) ** (1 / 20) == pytest.approx(0.0472, abs=1e-4)
+    assert default_stage_count(100, 96) == 1 and default_stage_count(100, 100) == 1
+    assert default_stage_count(1000, 500) == round(math.log(0.5) / math.log(0.95)) == 14
+
+
+def test_stage_count_default_needs_recovery_training(checkpoints):
+    from lifecycle.methods.prune.pipeline import resolve_stages
+
+    start, target = 1_000_000, 500_000  # 14 stages at ~5 %
+    train = {"steps": 100}
+    assert resolve_stages(_options(checkpoints["llama"], "o", ratio=0.5, train=train), start, target) == 14
+    assert resolve_stages(_options(checkpoints["llama"], "o", ratio=0.5, train={"steps": 6}), start, target) == 6
+    assert resolve_stages(_options(checkpoints["llama"], "o", ratio=0.5), start, target) == 1  # nothing to interleave
+    assert resolve_stages(_options(checkpoints["llama"], "o", ratio=0.5, stages=3, train=train), start, target) == 3
+    assert resolve_stages(_options(checkpoints["llama"], "o", ratio=0.5, method="flap", train=train), start, target) == 1
+
+
+def test_every_pruning_step_draws_fresh_calibration_deterministically(tiny_tokenizer):
+    """Issue #13.3: successive steps (and stages) see different blocks; the same seed gives the same run."""
+    from lifecycle.methods.prune.options import PruneOptions
+    from lifecycle.methods.prune.plan import resolve_target
+    from lifecycle.model.adapter import adapter_for
+
+    assert PruneOptions(model="m", output="o", ratio=0.3).calibration_samples == 512  # the scripts' --num_examples
+    assert PruneOptions(model="m", output="o", ratio=0.3, method="flap").calibration_samples == 128
+    vocab = len(tiny_tokenizer)
+    runs = []
+    for fresh in (True, True, False):
+        model = _tiny(vocab, "llama", layers=4)
+        target = resolve_target(adapter_for(model), ratio=0.5)
+        pruner, _ = _accel(model, _pool_calibration(vocab), target, 2, fresh_calibration=fresh)
+        runs.append(pruner.history)
+    fresh_fps = [row["calibration"] for row in runs[0]]
+    assert len(fresh_fps) >= 4 and len(set(fresh_fps)) == len(fresh_fps)  # a new draw at every step
+    assert runs[0] == [{**r, "seconds": a["seconds"]} for r, a in zip(runs[1], runs[0])]  # deterministic
+    assert len({row["calibration"] for row in runs[2]}) == 1  # calib_fresh=false: one set throughout
+    # draws are seeded: another seed gives other blocks, the same seed the same ones
+    a, b = _pool_calibration(vocab, seed=0), _pool_calibration(vocab, seed=1)
+    assert a.draw(3).fingerprint == _pool_calibration(vocab, seed=0).draw(3).fingerprint != b.draw(3).fingerprint
+    assert a.draw(0) is a
+
+
+def test_reference_kd_is_alpha_t2_kl_plus_ce_by_hand():
+    """Issue #13.4: α·T²·KL(teacher‖student) + (1−α)·CE at T = 2 (AdaptPruner's LogitsTrainer)."""
+    import math
+
+    from lifecycle.train.distill import reference_kd_hooks
+    from lifecycle.methods.prune.options import PruneOptions
+    from lifecycle.methods.prune.pipeline import recovery_hooks
+
+    student_logits = torch.tensor([[[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [2.0, -1.0, 0.0]]])
+    teacher_logits = torch.tensor([[[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]]])
+    labels = torch.tensor([[0, 2, -100]])
+
+    class Teacher(torch.nn.Module):
+        def forward(self, input_ids):
+            return type("Out", (), {"logits": teacher_logits})()
+
+    def softmax(xs):
+        e = [math.exp(x) for x in xs]
+        return [v / sum(e) for v in e]
+
+    def kl(t_row, s_row, temp):
+        p, q = softmax([x / temp for x in t_row]), softmax([x / temp for x in s_row])
+        return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+    temp = 2.0
+    kd = temp ** 2 * (kl(teacher_logits[0, 0].tolist(), student_logits[0, 0].tolist(), temp)
+                      + kl(teacher_logits[0, 1].tolist(), student_logits[0, 1].tolist(), temp)) / 2  # 3rd: no label
+    ce = -math.log(softmax(student_logits[0, 0].tolist())[2])  # position 0 predicts label[1] = 2; label[2] is -100
+    outputs = type("Out", (), {"logits": student_logits})()
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": labels}
+    for alpha, expected in ((1.0, kd), (0.25, 0.25 * kd + 0.75 * ce)):
+        hooks = reference_kd_hooks(Teacher(), alpha, temp)
+        assert hooks.extra_loss is None  # the loss is replaced, not added to
+        assert hooks.compute_loss(None, batch, outputs, None, 0).item() == pytest.approx(expected, rel=1e-5)
+    # the options pick the form: reference (T = 2) by default, CE + w·T²·KL at T = 1 on request
+    ref = PruneOptions(model="m", output="o", ratio=0.3, distill=1.0, train={"steps": 1})
+    assert ref.temperature == 2.0 and recovery_hooks(ref, Teacher()).compute_loss is not None
+    added = PruneOptions(model="m", output="o", ratio=0.3, distill=3.0, distill_loss="added", train={"steps": 1})
+    assert added.temperature == 1.0 and recovery_hooks(added, Teacher()).extra_loss is not None
+    with pytest.raises(ValueError, match="must be ≤ 1"):
+        PruneOptions(model="m", output="o", ratio=0.3, distill=3.0, train={"steps": 1})
+
+
+def test_llm_pruner_layer_range_defaults_to_the_recipe():
+    """Issue #13, LLM-Pruner: hf_prune.py prunes layers [4, 30) of 32; other depths scale it."""
+    from lifecycle.methods.prune.taylor_uniform import recipe_layer_range
+
+    assert recipe_layer_range(32) == (4, 30)
+    assert recipe_layer_range(30) == (4, 28)  # SmolLM2-135M
+    assert recipe_layer_range(24) == (3, 22)
+    assert recipe_layer_range(8) == (1, 7)
+    assert recipe_layer_range(3) == (0, 3)  # too shallow to leave layers whole
+
+
+def test_taylor_uniform_prunes_only_the_layer_range(tiny_tokenizer, tmp_path):
+    from lifecycle.commands.prune import run_prune
+    from lifecycle.model.io import save_checkpoint
+
+    src = save_checkpoint(_tiny(len(tiny_tokenizer), "llama", layers=8), tiny_tokenizer, tmp_path / "src", lineage={})
+    out = run_prune(_options(src, tmp_path / "t", method="taylor-uniform", ratio=0.3, attention_ratio=0.5))
+    report = json.loads((out / "prune_report.json").read_text())
+    kv, inter = report["layer_shapes"]["num_key_value_heads"], report["layer_shapes"]["intermediate_size"]
+    assert report["pruned_layers"] == [1, 7]
+    assert kv[0] == kv[7] == 2 and inter[0] == inter[7] == 64  # first and last layers whole
+    assert set(kv[1:7]) == {1} and len(set(inter[1:7])) == 1 and inter[1] < 64  # the same share in the range
+    assert report["params_after"]["total"] <= report["target_params"]
+    whole = run_prune(_options(src, tmp_path / "w", method="taylor-uniform", ratio=0.3, attention_ratio=0.5,
+                               prune_layers="all"))
+    assert set(json.loads((whole / "prune_report.json").read_text())["layer_shapes"]["num_key_value_heads"]) == {1}
+    with pytest.raises(LifecycleError, match="not a range"):
+        run_prune(_options(src, tmp_path / "bad", method="taylor-uniform", ratio=0.3, attention_ratio=0.5,
+                           prune_layers="5:12"))
+
+
+def test_param_mix_salience_by_hand_and_in_a_run(checkpoints, tmp_path):
+    """LLM-Pruner's estimators per weight: first |w·g|, second |w·H·w|, mix |w·g − ½·w·H·w| (H: Fisher)."""
+    from lifecycle.commands.prune import run_prune
+    from lifecycle.methods.prune.importance import _weight_salience
+
+    w = torch.nn.Parameter(torch.tensor([2.0, -1.0, 0.5]))
+    w.grad = torch.tensor([0.5, 3.0, -2.0])
+    fisher = {id(w): torch.tensor([4.0, 0.5, 8.0])}
+    assert _weight_salience(w, "param_first", fisher).tolist() == pytest.approx([1.0, 3.0, 1.0])
+    assert _weight_salience(w, "param_second", fisher).tolist() == pytest.approx([16.0, 0.5, 2.0])
+    assert _weight_salience(w, "param_mix", fisher).tolist() == pytest.approx([7.0, 3.25, 2.0])
+    runs = {}
+    for order in ("param_first", "param_mix"):
+        out = run_prune(_options(checkpoints["llama"], tmp_path / order, method="taylor-uniform", ratio=0.3,
+                                 attention_ratio=0.5, taylor=order, use_cache=False))
+        runs[order] = json.loads((out / "prune_report.json").read_text())
+        assert runs[order]["taylor"] == order
+    assert runs["param_mix"]["params_after"] == runs["param_first"]["params_after"]  # same plan, other channels
+    with pytest.raises(ValueError, match="apply to method taylor-uniform"):
+        _options(checkpoints["llama"], tmp_path / "x", method="flap", ratio=0.3, taylor="param_mix")
+
+
 # -- bad input: one line, non-zero exit, nothing written -------------------------------------------
 
 @pytest.mark.parametrize(

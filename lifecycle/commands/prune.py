@@ -3,8 +3,8 @@
 Methods (``--method``, registered in :mod:`lifecycle.methods.prune`; ``lifecycle ls`` lists them):
 
 * ``adapt`` — Adapt-Pruner (Pan et al. 2025, arXiv:2502.03460): layer-adaptive sparsity from
-  ``−cos(h_in, h_out)``, Taylor importance recomputed every step; with ``stages > 1`` Adapt-Accel,
-  pruning interleaved with training on one LR schedule (:mod:`lifecycle.methods.prune.adapt_pruner`).
+  ``−cos(h_in, h_out)``, Taylor importance recomputed every step; with recovery training Adapt-Accel
+  (``stages``, by default ~5 % of the model per stage), pruning interleaved with training on one LR schedule (:mod:`lifecycle.methods.prune.adapt_pruner`).
 * ``taylor-uniform`` — LLM-Pruner-style one-shot Taylor, the same ratio in every layer.
 * ``flap`` — FLAP-style fluctuation metric with bias compensation, global structure search.
 * ``depth`` — drop the layers with the lowest ``1 − cos``.
@@ -69,7 +69,7 @@ def _prune_and_save(opts: PruneOptions) -> Path:
     model, report, plan_json, history, data = prune_model(opts, loaded)
     lineage = new_lineage(
         command="prune",
-        method=f"prune-{opts.method}" + ("-accel" if opts.stages > 1 else ""),
+        method=f"prune-{opts.method}" + ("-accel" if report.get("adapt_accel_stages", 1) > 1 else ""),
         parents=[loaded.source],
         parent_lineages=[loaded.lineage],
         options=opts.model_dump(mode="json"),

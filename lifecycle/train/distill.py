@@ -1,8 +1,15 @@
 """Logit distillation from a teacher model, as engine hooks (used by prune's recovery, quantize, merge).
 
-``weight · T² · KL(teacher ‖ student)`` per token (Hinton et al. 2015, "Distilling the Knowledge in a
-Neural Network"). The teacher is handed to the engine as an auxiliary model, so it sits on the
-accelerator's device next to the batches (a CPU teacher fed GPU batches fails on any GPU).
+Two forms, both with ``T² · KL(teacher ‖ student)`` per token (Hinton et al. 2015, "Distilling the
+Knowledge in a Neural Network"):
+
+* :func:`distillation_hooks` — *added*: ``CE + weight · T²·KL`` (the LM loss stays, KD is added);
+* :func:`reference_kd_hooks` — *mixed*: ``α · T²·KL + (1 − α) · CE``, AdaptPruner's ``LogitsTrainer``
+  (``LLMPruner/post_training/trainer.py``: T = 2, α = 1 by default, i.e. pure KD), with the KL
+  averaged over the tokens that carry a label.
+
+The teacher is handed to the engine as an auxiliary model, so it sits on the accelerator's device next
+to the batches (a CPU teacher fed GPU batches fails on any GPU).
 """
 
 from __future__ import annotations
@@ -51,4 +58,24 @@ def distillation_hooks(teacher: nn.Module, weight: float, temperature: float) ->
     return TrainHooks(extra_loss=extra_loss, auxiliary_models=[teacher])
 
 
-__all__ = ["distillation_hooks", "frozen_copy", "kd_loss"]
+def reference_kd_hooks(teacher: nn.Module, alpha: float, temperature: float = 2.0) -> TrainHooks:
+    """``compute_loss`` replacing the LM loss by ``α · T²·KL + (1 − α) · CE`` (AdaptPruner's form).
+
+    ``α = 1`` is pure KD: the data's labels then only choose which tokens count. The KL is averaged
+    over the positions whose label is not ``-100``, as the reference masks it.
+    """
+    from lifecycle.train.hooks import causal_lm_loss
+
+    def compute_loss(model: nn.Module, batch: dict, outputs: Any, indices: Any, step: int) -> torch.Tensor:
+        labels = batch["labels"]
+        with torch.no_grad():
+            target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        loss = alpha * kd_loss(outputs.logits, target, temperature, mask=labels != -100)
+        if alpha < 1.0:
+            loss = loss + (1.0 - alpha) * causal_lm_loss(outputs.logits, labels)
+        return loss
+
+    return TrainHooks(compute_loss=compute_loss, auxiliary_models=[teacher])
+
+
+__all__ = ["distillation_hooks", "frozen_copy", "kd_loss", "reference_kd_hooks"]

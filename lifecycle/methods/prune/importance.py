@@ -2,12 +2,14 @@
 
 Scores (all per decoder layer, over the layer's *current* structures):
 
-* **First-order Taylor** (LLM-Pruner ``param_first``; Ma et al. 2023, arXiv:2305.11627, Eq. 4 with
-  the first-order term; Adapt-Pruner, Pan et al. 2025, arXiv:2502.03460, Sec. 3.2): the loss change
+* **Taylor** (LLM-Pruner ``param_first``, Ma et al. 2023, arXiv:2305.11627, Eq. 4 with the
+  first-order term; Adapt-Pruner, Pan et al. 2025, arXiv:2502.03460, Sec. 3.2): the loss change
   from zeroing a weight is estimated by ``|w · ∂L/∂w|``; a coupled structure scores
   ``Σ |W ⊙ ∇W|`` over every weight (and bias) it owns — for a KV group its ``k``/``v`` rows, its query
   heads' ``q`` rows and ``o`` columns; for an MLP channel its ``gate``/``up`` rows and ``down`` column.
-  Gradients are of the mean LM loss over all calibration samples.
+  Gradients are of the mean LM loss over all calibration samples. LLM-Pruner's second-order
+  estimators ``param_second`` (``|w·H·w|``) and ``param_mix`` (``|w·g − ½·w·H·w|``) use a Fisher
+  diagonal for ``H`` (:func:`_weight_salience`).
 * **Layer importance** (Adapt-Pruner Sec. 3.1, Eq. 2): ``I_l = −mean_tokens cos(h_in, h_out)`` of
   decoder layer ``l``; a layer that barely changes its input (cos ≈ 1) is unimportant. The same
   forward pass as the Taylor gradients collects it. :func:`normalize_layer_importance` centres the
@@ -48,12 +50,19 @@ SCORES_VERSION = 1
 
 @dataclass
 class Calibration:
-    """Token blocks every scorer sees: ``tokens`` is [samples, length] (int64)."""
+    """Token blocks every scorer sees: ``tokens`` is [samples, length] (int64).
+
+    ``pool`` holds every block of the calibration text, so :meth:`draw` can give a pruning step its
+    own fresh sample (Adapt-Pruner's reference draws new calibration examples at every step).
+    """
 
     tokens: torch.Tensor
     source: str
     seed: int
     fingerprint: str
+    pool: torch.Tensor | None = None
+    pool_fingerprint: str | None = None
+    draw_index: int = 0
 
     @property
     def samples(self) -> int:
@@ -63,6 +72,18 @@ class Calibration:
     def length(self) -> int:
         return self.tokens.shape[1]
 
+    def draw(self, index: int) -> "Calibration":
+        """The ``index``-th sample of ``samples`` blocks from the pool: draw 0 is this one, every other
+        index a different seeded draw, so a run stays deterministic for its seed. Without a pool (or
+        when the pool has no more blocks than a sample) every draw is this sample."""
+        if index == 0 or self.pool is None or self.pool.shape[0] <= self.samples:
+            return self
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        order = torch.randperm(self.pool.shape[0], generator=g)[: self.samples]
+        tokens = self.pool[order.sort().values].clone()
+        return Calibration(tokens=tokens, source=self.source, seed=self.seed, fingerprint=_digest(tokens),
+                           pool=self.pool, pool_fingerprint=self.pool_fingerprint, draw_index=index)
+
     def describe(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -71,12 +92,18 @@ class Calibration:
             "tokens": self.samples * self.length,
             "seed": self.seed,
             "fingerprint": self.fingerprint,
+            "pool_blocks": int(self.pool.shape[0]) if self.pool is not None else self.samples,
         }
+
+
+def _digest(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.contiguous().numpy().tobytes()).hexdigest()[:20]
 
 
 def build_calibration(tokenizer: Any, data: str, *, samples: int, length: int, seed: int = 0) -> Calibration:
     """``samples`` random blocks of ``length`` tokens from a data spec (seeded, so reruns match).
 
+    The whole set of blocks is kept as the pool that :meth:`Calibration.draw` samples from.
     Empty or too-short data is a one-line :class:`LifecycleError` from :func:`lifecycle.data.pack`.
     """
     from lifecycle.data import load_corpus, pack
@@ -89,8 +116,8 @@ def build_calibration(tokenizer: Any, data: str, *, samples: int, length: int, s
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(blocks.shape[0], generator=g)[: min(samples, blocks.shape[0])]
     tokens = blocks[order.sort().values].clone()
-    digest = hashlib.sha256(tokens.numpy().tobytes()).hexdigest()[:20]
-    return Calibration(tokens=tokens, source=str(data), seed=seed, fingerprint=digest)
+    return Calibration(tokens=tokens, source=str(data), seed=seed, fingerprint=_digest(tokens), pool=blocks,
+                       pool_fingerprint=_digest(blocks))
 
 
 # -- hooks -----------------------------------------------------------------------------------------
@@ -168,17 +195,39 @@ class TaylorScores:
         )
 
 
-def _structure_salience(adapter: DecoderAdapter, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Σ|W⊙∇W| per KV group and per MLP channel of one layer (gradients must be populated)."""
+TAYLOR_ORDERS = ("param_first", "param_second", "param_mix")
+
+
+def _weight_salience(p: torch.Tensor | None, order: str, fisher: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """Per-weight |salience|, as LLM-Pruner's ``TaylorImportance`` (``hf_llama_pruner.py``) computes it:
+
+    * ``param_first``: ``|w·g|``, ``g`` the gradient of the mean calibration loss;
+    * ``param_second``: ``|w·H·w|`` with the diagonal Hessian approximated by the Fisher
+      ``H ≈ (1/n) Σ_j g_j²`` over per-sample gradients ``g_j`` (as ``hf_prune.py`` accumulates it);
+    * ``param_mix``: ``|w·g − ½·w·H·w|``, the first- and second-order terms together.
+    """
+    if p is None or p.grad is None:
+        return None
+    # float32 products, float64 only for the (small) reduced sums of the caller
+    w = p.detach().float()
+    first = w * p.grad.detach().float()
+    if order == "param_first":
+        return first.abs_()
+    second = w * fisher[id(p)] * w
+    if order == "param_second":
+        return second.abs_()
+    return (first - 0.5 * second).abs_()
+
+
+def _structure_salience(adapter: DecoderAdapter, index: int, order: str = "param_first",
+                        fisher: dict[int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ|salience| per KV group and per MLP channel of one layer (gradients must be populated)."""
     shape = adapter.attention_shape(index)
     hd, n_rep, groups = shape.head_dim, shape.group_size, shape.num_kv_heads
     layer = adapter.layers[index]
 
     def sal(p: torch.Tensor | None) -> torch.Tensor | None:
-        if p is None or p.grad is None:
-            return None
-        # float32 products, float64 only for the (small) reduced sums below
-        return (p.detach().float() * p.grad.detach().float()).abs_()
+        return _weight_salience(p, order, fisher or {})
 
     attn = adapter.attention_projections(layer)
     kv = torch.zeros(groups, dtype=torch.float64)
@@ -219,13 +268,34 @@ def _projection_parameters(adapter: DecoderAdapter) -> list[nn.Parameter]:
     return params
 
 
-def taylor_scores(adapter: DecoderAdapter, calib: Calibration, *, batch_size: int = 16) -> TaylorScores:
+def _fisher_diagonal(model: nn.Module, scored: list[nn.Parameter], calib: Calibration, device: Any) -> dict[int, torch.Tensor]:
+    """``(1/n) Σ_j g_j²`` per weight over the n calibration samples, one backward each (LLM-Pruner's
+    ``acc_grad`` for ``param_second``/``param_mix``)."""
+    fisher = {id(p): torch.zeros_like(p, dtype=torch.float32) for p in scored}
+    n = calib.samples
+    for j in range(n):
+        sample = calib.tokens[j:j + 1].to(device)
+        model(input_ids=sample, labels=sample, use_cache=False).loss.backward()
+        for p in scored:
+            if p.grad is not None:
+                fisher[id(p)].add_(p.grad.detach().float().square(), alpha=1.0 / n)
+                p.grad = None
+    return fisher
+
+
+def taylor_scores(adapter: DecoderAdapter, calib: Calibration, *, batch_size: int = 16,
+                  order: str = "param_first") -> TaylorScores:
     """One forward/backward pass over the calibration set: Taylor salience and layer importance.
+
+    ``order`` picks LLM-Pruner's estimator (:func:`_weight_salience`); the second-order ones first
+    take one extra backward per calibration sample for the Fisher diagonal.
 
     Only the projection weights get gradients (embeddings, norms and the head are not scored), which
     saves the 49k × d embedding gradient on SmolLM2-size vocabularies. The model's train/eval mode and
     ``requires_grad`` flags are restored afterwards and no gradient is left behind.
     """
+    if order not in TAYLOR_ORDERS:
+        raise LifecycleError(f"unknown Taylor order {order!r}; choose one of {', '.join(TAYLOR_ORDERS)}")
     model = adapter.model
     was_training = model.training
     flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -238,6 +308,7 @@ def taylor_scores(adapter: DecoderAdapter, calib: Calibration, *, batch_size: in
     device = next(model.parameters()).device
     total_loss = 0.0
     try:
+        fisher = _fisher_diagonal(model, scored, calib, device) if order != "param_first" else {}
         with _layer_cosine_hooks(adapter) as sums:
             for batch in _batches(calib, batch_size):
                 batch = batch.to(device)
@@ -248,7 +319,7 @@ def taylor_scores(adapter: DecoderAdapter, calib: Calibration, *, batch_size: in
                 total_loss += float(loss.detach())
         kv, ch = [], []
         for i in range(len(adapter.layers)):
-            k, c = _structure_salience(adapter, i)
+            k, c = _structure_salience(adapter, i, order, fisher)
             kv.append(k)
             ch.append(c)
     finally:

@@ -102,6 +102,7 @@ class PruneContext:
     ratio_origin: str
     train_slice: Callable[..., dict]  # train_slice(first_step, last_step, stage=k): recovery training
     log: Callable[[str], None] = print
+    stages: int = 1  # Adapt-Accel stages, resolved (:func:`resolve_stages`)
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> str:
@@ -117,6 +118,32 @@ class PruneContext:
     def widths(self) -> dict[str, int]:
         """Keyword arguments of the methods that choose MLP widths."""
         return {"channel_round": self.opts.channel_round, "min_channels": self.opts.min_channels}
+
+
+def resolve_stages(opts: PruneOptions, start: int, target: int) -> int:
+    """Adapt-Accel stages: the option, else (adapt with recovery training and a parameter target) the
+    paper's ~5 % per stage (:func:`default_stage_count`), at most one stage per recovery step; else 1.
+
+    Without recovery training there is nothing to interleave, so the default is one pruning run.
+    """
+    from lifecycle.methods.prune.adapt_pruner import default_stage_count
+
+    if opts.stages is not None:
+        return opts.stages
+    if opts.registered_method.name != "adapt" or opts.plan is not None or opts.train.steps == 0:
+        return 1
+    return max(1, min(default_stage_count(start, target), opts.train.steps))
+
+
+def recovery_hooks(opts: PruneOptions, teacher: Any) -> Any:
+    """The engine hooks of recovery distillation in the chosen form (None without a teacher)."""
+    if teacher is None:
+        return None
+    from lifecycle.train.distill import distillation_hooks, reference_kd_hooks
+
+    if opts.distill_loss == "reference":
+        return reference_kd_hooks(teacher, opts.distill, opts.temperature)
+    return distillation_hooks(teacher, opts.distill, opts.temperature)
 
 
 def _counts(adapter: Any) -> dict[str, int]:
@@ -137,7 +164,7 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         load_plan_file,
         resolve_target,
     )
-    from lifecycle.methods.prune.taylor_uniform import gqa_keep
+    from lifecycle.methods.prune.taylor_uniform import kv_keep_for, taylor_layers
     from lifecycle.model.adapter import adapter_for
     from lifecycle.model.pruned import finalize, layer_shapes, source_family
 
@@ -154,13 +181,16 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         if opts.method != "depth":
             check_reachable(adapter, target, opts.min_channels)
     ratio_origin = "--ratio" if opts.ratio is not None else "--target-params"
-    if opts.method == "taylor-uniform" and plan is None:
-        # Validate the GQA arithmetic before spending time on calibration.
-        rho = opts.attention_ratio if opts.attention_ratio is not None else (before["total"] - target) / before["non_embedding"]
-        gqa_keep(adapter, rho, origin=ratio_origin if opts.attention_ratio is None else "--attention-ratio")
-    calib = build_calibration(tokenizer, opts.calib_data or opts.data, samples=opts.calib_samples,
+    if method.name == "taylor-uniform" and plan is None:
+        # Validate the layer range and the GQA arithmetic before spending time on calibration.
+        kv_keep_for(adapter, target, taylor_layers(adapter, opts.prune_layers, uniform=opts.uniform), opts.attention_ratio,
+                    ratio_origin)
+    stages = resolve_stages(opts, before["total"], target)
+    calib = build_calibration(tokenizer, opts.calib_data or opts.data, samples=opts.calibration_samples,
                               length=opts.calib_length, seed=opts.train.seed)
     log(f"calibration: {calib.samples} × {calib.length} tokens from {calib.source}")
+    if stages > 1:
+        log(f"Adapt-Accel: {stages} stages ({opts.stage_sparsity} sparsity per stage)")
 
     data = None
     if opts.train.steps > 0:
@@ -174,18 +204,17 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
 
         teacher = frozen_copy(model)
 
-    model_fp = model_fingerprint(model) if (opts.use_cache and opts.stages == 1) else None
+    model_fp = model_fingerprint(model) if (opts.use_cache and stages == 1) else None
     run_dir = default_run_dir(opts.output)
     history: list[dict] = []
     train_summary: dict[str, Any] = {}
 
     def train_slice(first: int, last: int, stage: int | None = None) -> dict[str, Any]:
-        from lifecycle.train.distill import distillation_hooks
         from lifecycle.train.engine import train
 
         cfg = slice_config(opts.train, first, last, data.block_size, launched_world_size())
         tokens_before = cfg.skip_tokens - opts.train.skip_tokens  # read by earlier slices, all processes
-        hooks = distillation_hooks(teacher, opts.distill, opts.distill_temperature) if teacher is not None else None
+        hooks = recovery_hooks(opts, teacher)
         result = train(adapter.model, data, cfg, run_dir / (f"stage-{stage}" if stage else "recovery"), hooks=hooks,
                        description=f"recovery{f' stage {stage}' if stage else ''}")
         for row in result.history:
@@ -198,7 +227,8 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         return {"train_loss": result.final_train_loss, "val_loss": result.final_val_loss, "params": adapter.num_parameters()}
 
     ctx = PruneContext(opts=opts, adapter=adapter, calib=calib, target=target, plan=plan, model_fp=model_fp,
-                       attention_ratio=opts.attention_ratio, ratio_origin=ratio_origin, train_slice=train_slice, log=log)
+                       attention_ratio=opts.attention_ratio, ratio_origin=ratio_origin, train_slice=train_slice, log=log,
+                       stages=stages)
     started = time.perf_counter()
     with PeakMemory() as mem:
         method_report = method.run(ctx)
@@ -207,7 +237,7 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
     log(f"pruned: {fmt_params(before['total'])} → {fmt_params(pruned_counts['total'])} parameters "
         f"({pruned_counts['non_embedding'] / before['non_embedding']:.1%} of the decoder) in {prune_seconds:.1f} s")
 
-    if opts.stages == 1 and opts.train.steps > 0:
+    if stages == 1 and opts.train.steps > 0:
         train_slice(0, opts.train.steps)
     final_plan = current_plan(adapter)
     done = finalize(adapter.model, per_layer=True if opts.per_layer_checkpoint else None)
@@ -228,10 +258,14 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         "calibration": calib.describe(),
         "pruning_seconds": round(prune_seconds, 1),
         "memory": mem.describe(),
-        "recovery": {**train_summary, "steps": opts.train.steps, "distill": opts.distill} if opts.train.steps else None,
+        "adapt_accel_stages": stages,
+        "recovery": {**train_summary, "steps": opts.train.steps, "distill": opts.distill,
+                     **({"distill_loss": opts.distill_loss, "distill_temperature": opts.temperature} if opts.distill else {})}
+        if opts.train.steps else None,
         **method_report,
     }
     return done.model, report, plan_json, history, data
 
 
-__all__ = ["PeakMemory", "PruneContext", "PruneOptions", "launched_world_size", "prune_model", "slice_config"]
+__all__ = ["PeakMemory", "PruneContext", "PruneOptions", "launched_world_size", "prune_model", "recovery_hooks",
+           "resolve_stages", "slice_config"]
