@@ -36,7 +36,12 @@ def load_stream(opts: VPretrainOptions, tokenizer: Any) -> Any:
     if is_supervised_spec(opts.data, opts.data_format):
         from lifecycle.data import load_supervised
 
-        return load_supervised(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction)
+        data = load_supervised(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction)
+        if opts.mix is None:
+            return data
+        from lifecycle.methods.vpretrain.mixing import mix_general_corpus
+
+        return mix_general_corpus(data, opts.mix, tokenizer, opts.mix_weight)
     from lifecycle.data import pack
 
     return pack(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction,
@@ -107,6 +112,12 @@ def vpretrain_model(opts: VPretrainOptions, loaded: Any, run_dir: str | Path, *,
         feedback = load_feedback(opts.feedback, tokenizer, opts.feedback_length, opts.feedback_examples)
         if feedback.num_train == 0:
             raise LifecycleError(f"feedback set {opts.feedback} has no examples")
+    from lifecycle.methods.vpretrain.resume import check_run_settings, method_settings, write_run_settings
+
+    settings = method_settings(opts, feedback.fingerprint if feedback is not None else None)
+    if opts.resume:
+        check_run_settings(run_dir, settings)
+    write_run_settings(run_dir, settings)
     model = apply_lora(loaded.model, opts)
     ctx = VPretrainContext(opts=opts, model=model, tokenizer=tokenizer, data=data, feedback=feedback, log=log)
     state = method.run(ctx)
