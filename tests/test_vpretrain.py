@@ -380,12 +380,14 @@ def test_general_corpus_blocks_join_the_supervised_stream_at_the_given_share(tmp
     extra = mixed.num_train - n
     assert extra >= 1 and mixed.num_validation == data.num_validation
     share = 1 - loss_tokens(data.train_examples) / loss_tokens(mixed.train_examples)
-    assert 0.4 <= share < 0.4 + 47 / loss_tokens(mixed.train_examples)  # at most one block more than asked
+    piece = round(float(data.train_examples.lengths.float().mean()))  # the stream's mean example length
+    assert mixed.describe()["mix"]["block_size"] == piece < 48
+    assert 0.4 <= share < 0.4 + piece / loss_tokens(mixed.train_examples)  # at most one piece more than asked
     assert mixed.describe()["mix"]["loss_token_share"] == pytest.approx(share, abs=1e-4)
     for key, value in data.train_batch(torch.arange(n)).items():  # the prompt/completion examples are untouched
         assert torch.equal(mixed.train_batch(torch.arange(n))[key], value)
     block = mixed.train_batch(torch.tensor([n]))
-    assert block["input_ids"].shape == (1, 48) and int(block["attention_mask"].sum()) == 48
+    assert block["input_ids"].shape == (1, piece) and int(block["attention_mask"].sum()) == piece
     assert block["labels"][0, 0] == IGNORE_INDEX and torch.equal(block["labels"][0, 1:], block["input_ids"][0, 1:])
     assert mixed.fingerprint != data.fingerprint
     assert mixed.fingerprint != mix_general_corpus(data, tiny_corpus, tiny_tokenizer, 0.6).fingerprint
@@ -466,3 +468,23 @@ def test_resume_of_a_finished_output_is_a_no_op_or_refused_naming_the_setting(ca
     code, out = _run_cli(capsys, [*args, "--resume"])
     assert code != 0 and "another feedback set" in out, out
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_stream_loses_the_feedback_examples(tmp_path, tiny_tokenizer):
+    from lifecycle.data import load_supervised
+    from lifecycle.methods.vpretrain.mixing import drop_feedback_examples
+    from lifecycle.methods.vpretrain.pipeline import load_feedback
+
+    _args(None, tmp_path)  # stream.jsonl: "Question: {i} times two?" for i < 40
+    rows = [json.loads(line) for line in (tmp_path / "stream.jsonl").read_text().splitlines()]
+    (tmp_path / "fb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3:8]))
+    data = load_supervised(str(tmp_path / "stream.jsonl"), tiny_tokenizer, 48, val_fraction=0.0)
+    feedback = load_feedback(str(tmp_path / "fb.jsonl"), tiny_tokenizer, 64)
+    kept = drop_feedback_examples(data, feedback)
+    assert kept.num_train == 35 and kept.describe()["feedback_examples_dropped"] == 5
+    texts = {tiny_tokenizer.decode(kept.train_batch(torch.tensor([i]))["input_ids"][0]) for i in range(35)}
+    assert not any(r["completion"] in t for r in rows[3:8] for t in texts)
+    assert sum(r["completion"] in t for r in rows for t in texts) == 35
+    assert kept.fingerprint != data.fingerprint
+    with pytest.raises(LifecycleError, match="every example"):
+        drop_feedback_examples(load_supervised(str(tmp_path / "fb.jsonl"), tiny_tokenizer, 48, val_fraction=0.0), feedback)
