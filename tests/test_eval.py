@@ -203,8 +203,10 @@ def test_card_of_a_foreign_folder_is_left_alone(tmp_path):
 
 
 def test_scores_from_results_flattens_lm_eval_keys():
-    raw = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict": 1.0, "ppl,none": 3}}
-    assert scores_from_results(raw) == {"t": {"acc": 0.5, "exact_match_strict": 1.0, "ppl": 3.0}}
+    raw = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict": 1.0, "ppl,none": 3,
+                 "exact_match_stderr,strict": 0.1}, "group": {"alias": "group"}}
+    assert scores_from_results(raw) == {"t": {"acc": 0.5, "exact_match_strict": 1.0, "ppl": 3.0,
+                                              "exact_match_strict_stderr": 0.1}}
 
 
 @pytest.mark.slow

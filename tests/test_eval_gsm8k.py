@@ -88,6 +88,7 @@ def test_exact_match_reads_the_final_number(tiny_model, tiny_tokenizer, eval_dir
     em = report.scores["gsm8k_exact_match"]
     assert em["exact_match_strict-match"] == pytest.approx(2 / 4)
     assert em["exact_match_flexible-extract"] == pytest.approx(3 / 4)
+    assert em["exact_match_strict-match_stderr"] == pytest.approx((0.5 * 0.5 / 3) ** 0.5)  # sample sd / sqrt(n)
     # the group runs both tasks and adds no empty row of its own
     assert set(report.scores) == {"gsm8k_answer_nll", "gsm8k_exact_match"}
     assert len(seen) == 4 and all(c.startswith("Question: ") and c.endswith("\nAnswer:") for c, _ in seen)

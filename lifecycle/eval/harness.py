@@ -198,8 +198,9 @@ def scores_from_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[st
             if "," not in key:
                 continue  # alias, sample counts
             metric, filter_name = key.split(",", 1)
-            if filter_name != "none":
-                metric = f"{metric}_{filter_name}"
+            if filter_name != "none":  # "exact_match_stderr,strict-match" -> exact_match_strict-match_stderr
+                stderr = metric.endswith("_stderr")
+                metric = f"{metric.removesuffix('_stderr')}_{filter_name}" + ("_stderr" if stderr else "")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # "N/A" stderr
             if metric.endswith("_stderr") and not math.isfinite(value):
