@@ -320,6 +320,7 @@ def test_cli_end_to_end_writes_learner_designer_and_metrics(learner, tmp_path, t
     (["v-pretraining.alpha_max=1.5"], "alpha_max"),
     (["--feedback", "EMPTY"], "no examples"),
     (["--feedback", "MISMATCHED"], "has no 'prompt' field"),
+    (["--data", "shakespeare", "mix=wikitext"], "mix adds a general corpus to a prompt/completion stream"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, learner, tmp_path, extra, message):
     from lifecycle.boundary import run_guarded
