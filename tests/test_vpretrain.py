@@ -320,6 +320,7 @@ def test_cli_end_to_end_writes_learner_designer_and_metrics(learner, tmp_path, t
     (["v-pretraining.alpha_max=1.5"], "alpha_max"),
     (["--feedback", "EMPTY"], "no examples"),
     (["--feedback", "MISMATCHED"], "has no 'prompt' field"),
+    (["--data", "shakespeare", "mix=wikitext"], "mix adds a general corpus to a prompt/completion stream"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(capsys, learner, tmp_path, extra, message):
     from lifecycle.boundary import run_guarded
@@ -364,3 +365,127 @@ def test_saved_designer_loads_back_and_another_tokenizers_designer_is_refused(ca
     captured = capsys.readouterr()
     assert code != 0 and "another tokenizer" in captured.err + captured.out
     assert not (tmp_path / "out").exists()
+
+
+# --- the stream mixed with a general corpus ------------------------------------------------------------
+
+def test_general_corpus_blocks_join_the_supervised_stream_at_the_given_share(tmp_path, tiny_corpus, tiny_tokenizer):
+    from lifecycle.data import load_supervised
+    from lifecycle.data.examples import IGNORE_INDEX
+    from lifecycle.methods.vpretrain.mixing import loss_tokens, mix_general_corpus
+
+    _args(None, tmp_path)  # writes stream.jsonl
+    data = load_supervised(str(tmp_path / "stream.jsonl"), tiny_tokenizer, 48, val_fraction=0.1)
+    mixed = mix_general_corpus(data, tiny_corpus, tiny_tokenizer, 0.4)
+    n = data.num_train
+    extra = mixed.num_train - n
+    assert extra >= 1 and mixed.num_validation == data.num_validation
+    share = 1 - loss_tokens(data.train_examples) / loss_tokens(mixed.train_examples)
+    piece = round(float(data.train_examples.lengths.float().mean()))  # the stream's mean example length
+    assert mixed.describe()["mix"]["block_size"] == piece < 48
+    assert 0.4 <= share < 0.4 + piece / loss_tokens(mixed.train_examples)  # at most one piece more than asked
+    assert mixed.describe()["mix"]["loss_token_share"] == pytest.approx(share, abs=1e-4)
+    for key, value in data.train_batch(torch.arange(n)).items():  # the prompt/completion examples are untouched
+        assert torch.equal(mixed.train_batch(torch.arange(n))[key], value)
+    block = mixed.train_batch(torch.tensor([n]))
+    assert block["input_ids"].shape == (1, piece) and int(block["attention_mask"].sum()) == piece
+    assert block["labels"][0, 0] == IGNORE_INDEX and torch.equal(block["labels"][0, 1:], block["input_ids"][0, 1:])
+    assert mixed.fingerprint != data.fingerprint
+    assert mixed.fingerprint != mix_general_corpus(data, tiny_corpus, tiny_tokenizer, 0.6).fingerprint
+
+
+def test_mix_needs_a_prompt_completion_stream(learner, tmp_path):
+    from lifecycle.commands.vpretrain import VPretrainOptions, preflight_vpretrain
+
+    opts = VPretrainOptions(model=str(learner), data="shakespeare", mix="wikitext", method="ntp", output=str(tmp_path / "o"))
+    with pytest.raises(LifecycleError, match="prompt/completion stream"):
+        preflight_vpretrain(opts)
+
+
+# --- resume: the method's own settings -------------------------------------------------------------------
+
+def _run_cli(capsys, args):
+    from lifecycle.boundary import run_guarded
+    from lifecycle.cli import app
+
+    code = run_guarded(app, args)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_resume_of_a_run_folder_with_other_method_settings_is_refused(learner, tmp_path, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from lifecycle.methods.vpretrain.options import VPretrainOptions
+    from lifecycle.methods.vpretrain.pipeline import vpretrain_model
+    from lifecycle.model.io import load_model
+
+    _args(learner, tmp_path)
+    values = dict(model=str(learner), data=str(tmp_path / "stream.jsonl"), feedback=str(tmp_path / "feedback.jsonl"),
+                  output=str(tmp_path / "out"), block_size=48, lora={"rank": 0},
+                  train={"steps": 2, "micro_batch_size": 2, "save_every": 1, "eval_every": 0, "schedule": "constant"},
+                  **{"v-pretraining": {"k": 8, "burn_in": 0, "every": 1, "feedback_batch_size": 2,
+                                       "designer": {"hidden": 16, "layers": 1}}})
+    run_dir = tmp_path / "run"
+
+    def run(**change):
+        opts = VPretrainOptions(**{**values, **change})
+        return vpretrain_model(opts, load_model(str(learner)), run_dir, log=lambda _: None, progress=False)
+
+    run()  # leaves the run folder with its checkpoints and settings
+    group = values["v-pretraining"]
+    with pytest.raises(LifecycleError, match=r"v-pretraining\.k: 8 in the checkpoint, 16 now"):
+        run(resume=True, **{"v-pretraining": {**group, "k": 16}})
+    with pytest.raises(LifecycleError, match=r"method: v-pretraining in the checkpoint, self-topk now"):
+        vals = {k: v for k, v in values.items() if k != "v-pretraining"}
+        VPretrainOptions(**vals)  # (validates)
+        vpretrain_model(VPretrainOptions(**vals, method="self-topk", resume=True), load_model(str(learner)), run_dir,
+                        log=lambda _: None, progress=False)
+    _feedback_file(tmp_path, rows=5)  # same path, other content: only the fingerprint tells
+    with pytest.raises(LifecycleError, match="feedback set differs"):
+        run(resume=True)
+    _feedback_file(tmp_path)
+    assert run(resume=True, train={**values["train"], "steps": 3}).train_result.steps == 3  # same settings: resumes
+
+
+def test_resume_of_a_finished_output_is_a_no_op_or_refused_naming_the_setting(capsys, learner, tmp_path):
+    args = _args(learner, tmp_path, "--steps", "2", "mix=shakespeare", "mix_weight=0.5")
+    code, out = _run_cli(capsys, args)
+    assert code == 0, out
+    folder = tmp_path / "out"
+    lineage = json.loads((folder / "lifecycle.json").read_text())
+    assert lineage["data"]["stream"]["mix"]["corpus"] == "shakespeare" and lineage["data"]["feedback"]["sha256"]
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+
+    code, out = _run_cli(capsys, [*args, "--resume"])
+    assert code == 0 and "already finished" in out, out
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    for extra, message in ((["v-pretraining.k=16"], "v-pretraining.k: 8 in the checkpoint, 16 now"),
+                           (["lora.rank=4"], "lora.rank: 8 in the checkpoint, 4 now"),
+                           (["--steps", "3"], "cannot be extended")):
+        code, out = _run_cli(capsys, [*args, *extra, "--resume"])
+        assert code != 0 and message in out and len(out.strip().splitlines()) == 1, out
+    _feedback_file(tmp_path, rows=5)
+    code, out = _run_cli(capsys, [*args, "--resume"])
+    assert code != 0 and "another feedback set" in out, out
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_stream_loses_the_feedback_examples(tmp_path, tiny_tokenizer):
+    from lifecycle.data import load_supervised
+    from lifecycle.methods.vpretrain.mixing import drop_feedback_examples
+    from lifecycle.methods.vpretrain.pipeline import load_feedback
+
+    _args(None, tmp_path)  # stream.jsonl: "Question: {i} times two?" for i < 40
+    rows = [json.loads(line) for line in (tmp_path / "stream.jsonl").read_text().splitlines()]
+    (tmp_path / "fb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[3:8]))
+    data = load_supervised(str(tmp_path / "stream.jsonl"), tiny_tokenizer, 48, val_fraction=0.0)
+    feedback = load_feedback(str(tmp_path / "fb.jsonl"), tiny_tokenizer, 64)
+    kept = drop_feedback_examples(data, feedback)
+    assert kept.num_train == 35 and kept.describe()["feedback_examples_dropped"] == 5
+    texts = {tiny_tokenizer.decode(kept.train_batch(torch.tensor([i]))["input_ids"][0]) for i in range(35)}
+    assert not any(r["completion"] in t for r in rows[3:8] for t in texts)
+    assert sum(r["completion"] in t for r in rows for t in texts) == 35
+    assert kept.fingerprint != data.fingerprint
+    with pytest.raises(LifecycleError, match="every example"):
+        drop_feedback_examples(load_supervised(str(tmp_path / "fb.jsonl"), tiny_tokenizer, 48, val_fraction=0.0), feedback)

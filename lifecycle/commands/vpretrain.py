@@ -26,8 +26,12 @@ def preflight_vpretrain(opts: VPretrainOptions, *, pending_models: bool = False)
     pf.check_output(opts.output, overwrite=opts.overwrite or opts.resume)
     if is_supervised_spec(opts.data, opts.data_format):
         check_supervised_file(opts.data, what="data")
+        pf.check_data(opts.mix, what="mix")
     else:
         pf.check_data(opts.data)
+        if opts.mix is not None:
+            raise LifecycleError("mix adds a general corpus to a prompt/completion stream; a text stream mixes "
+                                 "corpora in its spec (a:0.3+b:0.7)")
     if opts.method == "v-pretraining" and opts.feedback is None:
         raise LifecycleError("v-pretraining needs --feedback FEEDBACK.jsonl (prompt/completion rows of verified answers)")
     if opts.feedback is not None:
@@ -41,7 +45,11 @@ def preflight_vpretrain(opts: VPretrainOptions, *, pending_models: bool = False)
         pf.check_positions(opts.block_size, info.max_positions, option="block_size")
     pf.check_eval(opts.eval)
     if opts.resume:
+        from lifecycle.finish import default_run_dir
+        from lifecycle.methods.vpretrain.resume import check_run_settings, method_settings
+
         pf.check_resume(opts.output, opts.train)
+        check_run_settings(default_run_dir(opts.output), method_settings(opts))  # the feedback set: at load
 
 
 @register("vpretrain", VPretrainOptions, help="Continued pretraining with designer-shaped targets (V-Pretraining).",
@@ -50,9 +58,12 @@ def run_vpretrain(opts: VPretrainOptions) -> Path:
     from lifecycle.data.packing import tokenizer_fingerprint
     from lifecycle.methods.vpretrain.pipeline import vpretrain_model
     from lifecycle.methods.vpretrain.report import metrics_document, plot_metrics, save_designer
+    from lifecycle.methods.vpretrain.resume import feedback_file_hash, finished_output
     from lifecycle.model.card import new_lineage
     from lifecycle.model.io import load_model, prepare_output_dir
 
+    if opts.resume and not opts.overwrite and finished_output(opts):
+        return Path(opts.output).expanduser().resolve()
     prepare_output_dir(opts.output, opts.overwrite or opts.resume)
     run_dir = default_run_dir(opts.output)
     loaded = load_model(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
@@ -60,6 +71,7 @@ def run_vpretrain(opts: VPretrainOptions) -> Path:
     data = {"stream": done.data.describe()}
     if done.feedback is not None:
         data["feedback"] = done.feedback.describe()  # its fingerprint goes on the card
+        data["feedback"]["sha256"] = feedback_file_hash(data["feedback"]["train_file"])  # checked by --resume
     lineage = new_lineage(command="vpretrain", method=f"vpretrain-{opts.method}", parents=[loaded.source],
                           parent_lineages=[loaded.lineage], options=opts.model_dump(mode="json"),
                           seed=opts.train.seed, data=data, tokens_seen=done.train_result.tokens_seen,

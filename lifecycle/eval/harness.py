@@ -127,6 +127,15 @@ def wikitext_process_results(doc: dict, results: list) -> dict:
     }
 
 
+def gsm8k_nll_process_results(doc: dict, results: list) -> dict:
+    """GSM8K answer NLL (tasks/gsm8k_answer_nll.yaml): -log p(answer | question) of one problem, in nats.
+
+    lm-eval's loglikelihood result is ``(sum of the continuation's token log-probs, is_greedy)``; the
+    task averages this per-answer value over problems."""
+    loglikelihood, _ = results[0]
+    return {"answer_nll": -float(loglikelihood)}
+
+
 # --------------------------------------------------------------------------------------------------
 # evaluation
 
@@ -189,14 +198,16 @@ def scores_from_results(results: dict[str, dict[str, Any]]) -> dict[str, dict[st
             if "," not in key:
                 continue  # alias, sample counts
             metric, filter_name = key.split(",", 1)
-            if filter_name != "none":
-                metric = f"{metric}_{filter_name}"
+            if filter_name != "none":  # "exact_match_stderr,strict-match" -> exact_match_strict-match_stderr
+                stderr = metric.endswith("_stderr")
+                metric = f"{metric.removesuffix('_stderr')}_{filter_name}" + ("_stderr" if stderr else "")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # "N/A" stderr
             if metric.endswith("_stderr") and not math.isfinite(value):
                 continue
             metrics[metric] = float(value)
-        scores[task] = metrics
+        if metrics:  # a group without aggregate metrics (gsm8k: its two tasks have them) adds no empty row
+            scores[task] = metrics
     return scores
 
 

@@ -23,7 +23,7 @@ _DATA_PLACEHOLDER = "@EVAL_DATA@"
 _WIKITEXT_PLACEHOLDER = "@WIKITEXT_JSONL@"
 _WIKITEXT_SOURCE = "wikitext2_raw_test.txt"
 _WIKITEXT_FORMAT = "v1"  # bump when the splitting below changes, so cached conversions are redone
-_DATA_FILE_RE = re.compile(r'test:\s*"' + re.escape(_DATA_PLACEHOLDER) + r'/([^"]+)"')
+_DATA_FILE_RE = re.compile(r'\w+:\s*"' + re.escape(_DATA_PLACEHOLDER) + r'/([^"]+)"')  # any split's file
 
 
 
@@ -123,9 +123,20 @@ def rendered_tasks(eval_dir: str | Path | None = None) -> Iterator[Path]:
         yield render_tasks(tmp, eval_dir)
 
 
+def _group_members(template: str) -> list[str]:
+    """The task names a local group template lists (``group: x`` with ``task: [a, b]``), else []."""
+    doc = yaml.safe_load(template) if re.search(r"^group:", template, re.M) else None
+    tasks = doc.get("task") if isinstance(doc, dict) else None
+    return [t for t in tasks if isinstance(t, str)] if isinstance(tasks, list) else []
+
+
 def _check_data_files(names: list[str], eval_dir: Path) -> None:
     for name in names:
         template = (TEMPLATE_DIR / f"{name}.yaml").read_text()
+        members = [m for m in _group_members(template) if (TEMPLATE_DIR / f"{m}.yaml").is_file()]
+        if members:  # a group needs its members' files
+            _check_data_files(members, eval_dir)
+            continue
         needed = _DATA_FILE_RE.findall(template)
         if _WIKITEXT_PLACEHOLDER in template:
             needed.append(_WIKITEXT_SOURCE)

@@ -78,6 +78,9 @@ class VPretrainOptions(MethodOptions):
     data: str = Field(..., description="pretraining stream: a corpus spec (packed text) or prompt/completion JSONL (loss on completions)")
     data_format: Literal["auto", "text", "supervised"] = Field(
         "auto", description="auto: .jsonl files, task folders and gsm8k are prompt/completion data, the rest plain text")
+    mix: str | None = Field(None, description="general corpus (a text data spec) mixed into a prompt/completion stream, loss on every token")
+    mix_weight: float = Field(0.3, gt=0, lt=1, description="with mix: the general corpus's share of the stream's loss tokens")
+    exclude_feedback: bool = Field(True, description="drop stream examples whose completion is a feedback example's (feedback stays held out)")
     feedback: str | None = Field(None, description="feedback set: prompt/completion JSONL of verified answers (v-pretraining)")
     feedback_examples: int | None = Field(None, ge=1, description="use only the first N feedback examples")
     block_size: int = Field(256, ge=8, description="tokens per packed block / max example length")

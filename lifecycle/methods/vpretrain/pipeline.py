@@ -31,12 +31,17 @@ def is_supervised_spec(spec: str, data_format: str = "auto") -> bool:
     return head == "gsm8k" or head.endswith(".jsonl") or (path.is_dir() and (path / "train.jsonl").is_file())
 
 
-def load_stream(opts: VPretrainOptions, tokenizer: Any) -> Any:
-    """The pretraining stream in the engine's batch protocol."""
+def load_stream(opts: VPretrainOptions, tokenizer: Any, feedback: Any = None) -> Any:
+    """The pretraining stream in the engine's batch protocol: a prompt/completion stream loses the
+    feedback examples (``exclude_feedback``) and gains the general corpus ``mix``."""
     if is_supervised_spec(opts.data, opts.data_format):
         from lifecycle.data import load_supervised
+        from lifecycle.methods.vpretrain.mixing import drop_feedback_examples, mix_general_corpus
 
-        return load_supervised(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction)
+        data = load_supervised(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction)
+        if feedback is not None and opts.exclude_feedback:
+            data = drop_feedback_examples(data, feedback)
+        return data if opts.mix is None else mix_general_corpus(data, opts.mix, tokenizer, opts.mix_weight)
     from lifecycle.data import pack
 
     return pack(opts.data, tokenizer, opts.block_size, val_fraction=opts.val_fraction,
@@ -101,12 +106,18 @@ def vpretrain_model(opts: VPretrainOptions, loaded: Any, run_dir: str | Path, *,
     k = getattr(group, "k", None)
     if k is not None and k > vocab:
         raise LifecycleError(f"{opts.method}.k = {k} is larger than the vocabulary ({vocab} tokens)")
-    data = load_stream(opts, tokenizer)
     feedback = None
     if opts.feedback is not None:
         feedback = load_feedback(opts.feedback, tokenizer, opts.feedback_length, opts.feedback_examples)
         if feedback.num_train == 0:
             raise LifecycleError(f"feedback set {opts.feedback} has no examples")
+    data = load_stream(opts, tokenizer, feedback)
+    from lifecycle.methods.vpretrain.resume import check_run_settings, method_settings, write_run_settings
+
+    settings = method_settings(opts, feedback.fingerprint if feedback is not None else None)
+    if opts.resume:
+        check_run_settings(run_dir, settings)
+    write_run_settings(run_dir, settings)
     model = apply_lora(loaded.model, opts)
     ctx = VPretrainContext(opts=opts, model=model, tokenizer=tokenizer, data=data, feedback=feedback, log=log)
     state = method.run(ctx)
