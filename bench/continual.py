@@ -256,7 +256,7 @@ def smollm2_main(args) -> None:
         os.environ.setdefault("LIFECYCLE_CACHE", str(Path(tmp) / "cache"))
         os.environ.setdefault("HF_DATASETS_CACHE", str(Path(tmp) / "datasets"))
         for method in args.sm_methods.split(","):
-            values = {"model": "smollm2", "tasks": SMOLLM2_ORDER, "output": str(Path(tmp) / method), "overwrite": True,
+            values = {"model": args.sm_model, "tasks": SMOLLM2_ORDER, "output": str(Path(tmp) / method), "overwrite": True,
                       "method": method, "limit": args.sm_limit, "max_train_examples": args.sm_examples,
                       "max_length": args.max_length, "zero_shot": method == "seq-ft",
                       "train": {"steps": steps, "lr": args.sm_lr, "micro_batch_size": 4, "seed": 0}}
@@ -267,7 +267,7 @@ def smollm2_main(args) -> None:
             runs[method] = report
             print(f"{method:7s}: AA {report['AA']:.3f} BWT {report['BWT']:+.3f} ({report['wall_s']} s)", flush=True)
     zero = next((r["zero_shot"] for r in runs.values() if r.get("zero_shot")), None)
-    out = {"command": f"cpujob python bench/continual.py --smollm2 --sm-examples {args.sm_examples} --sm-limit {args.sm_limit} "
+    out = {"command": f"cpujob python bench/continual.py --smollm2 --sm-model {args.sm_model} --sm-examples {args.sm_examples} --sm-limit {args.sm_limit} "
                       f"--sm-lr {args.sm_lr} --max-length {args.max_length} --sm-methods {args.sm_methods}",
            "order": SMOLLM2_ORDER, "examples_per_task": args.sm_examples, "steps_per_task": steps, "batch": 4,
            "test_items_per_task": args.sm_limit, "zero_shot": zero,
@@ -308,10 +308,11 @@ def main() -> None:
     parser.add_argument("--cost-task", default="dbpedia")
     parser.add_argument("--cost-out", default=str(ROOT / "bench" / "results" / "continual_cost_smollm2.json"))
     parser.add_argument("--smollm2", action="store_true", help="seq-ft, O-LoRA, OSFT on SmolLM2, one 4-task order")
-    parser.add_argument("--sm-examples", type=int, default=24, help="--smollm2: training examples per task (batch 4)")
-    parser.add_argument("--sm-limit", type=int, default=20, help="--smollm2: test items per task")
+    parser.add_argument("--sm-examples", type=int, default=16, help="--smollm2: training examples per task (batch 4)")
+    parser.add_argument("--sm-limit", type=int, default=10, help="--smollm2: test items per task")
     parser.add_argument("--sm-lr", type=float, default=1e-4, help="--smollm2: LR of seq-ft and OSFT")
     parser.add_argument("--sm-methods", default="seq-ft,olora,osft")
+    parser.add_argument("--sm-model", default="smollm2", help="--smollm2: the model (a tiny folder for a smoke run)")
     parser.add_argument("--sm-out", default=str(ROOT / "bench" / "results" / "continual_smollm2_order1.json"))
     args = parser.parse_args()
     if args.smollm2:
