@@ -216,7 +216,7 @@ def quantize(
 def continual(
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the final model (per-task checkpoints in its tasks/)."),
     model: str = typer.Option(..., "--model", "-m", help="Model: folder, Hub id, .gguf file, or smollm2."),
-    tasks: str = typer.Option(..., "--tasks", help="Comma-separated task sequence: task folders or names in shared/data/continual."),
+    tasks: str = typer.Option(..., "--tasks", help="Comma-separated task sequence: task folders, prompt/completion .jsonl files (test split beside them) or names in shared/data/continual."),
     method: Optional[str] = typer.Option(None, help="osft (default), olora, seq-ft, seq-lora, l2, ewc, replay, slca or multitask."),
     steps: Optional[int] = typer.Option(None, help="Training steps per task (train.steps)."),
     limit: Optional[int] = typer.Option(None, help="Test items scored per task."),

@@ -265,7 +265,7 @@ def test_resume_after_an_interrupt_gives_the_same_matrix(source, tmp_path, monke
 
 def _task_folder(tmp_path, name, *, test=True, labels=("yes", "no")):
     folder = tmp_path / name
-    folder.mkdir()
+    folder.mkdir(parents=True)
     rows = "".join(json.dumps({"sentence": f"item {i}", "label": labels[i % 2] if labels else "yes"}) + "\n" for i in range(6))
     (folder / "train.jsonl").write_text(rows)
     if test:
@@ -285,16 +285,31 @@ def test_cli_unknown_task_is_one_line_and_writes_nothing(source, tmp_path):
     assert not out.exists()
 
 
+def _qa_file(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"prompt": p, "completion": c}) + "\n" for p, c in rows))
+    return path
+
+
 @pytest.mark.parametrize("case, match", [
     ("no-test", "test.jsonl"),
-    ("no-labels", "no label set"),
+    ("file-no-test", "no test split"),
+    ("bad-labels", "at least two"),
+    ("same-name", "two tasks are named"),
     ("repeated", "repeated"),
     ("rank", "preserved_rank"),
 ])
 def test_bad_inputs_are_refused_before_any_work(source, tmp_path, case, match):
-    tasks = {"no-test": str(_task_folder(tmp_path, "t1", test=False)),
-             "no-labels": str(_task_folder(tmp_path, "t2", labels=())),
-             "repeated": "copa,rte,copa", "rank": TASKS}[case]
+    def bad_labels():
+        folder = _task_folder(tmp_path, "t4")
+        (folder / "labels.json").write_text(json.dumps(["only"]))
+        return str(folder)
+
+    tasks = {"no-test": lambda: str(_task_folder(tmp_path, "t1", test=False)),
+             "file-no-test": lambda: str(_qa_file(tmp_path / "qa.jsonl", [("1+1=", "2")])),
+             "bad-labels": bad_labels,
+             "same-name": lambda: f"{_task_folder(tmp_path / 'a', 'x')},{_task_folder(tmp_path / 'b', 'x')}",
+             "repeated": lambda: "copa,rte,copa", "rank": lambda: TASKS}[case]()
     extra = {"osft": {"preserved_rank": 10_000}} if case == "rank" else {}
     with pytest.raises(LifecycleError, match=match) as info:
         _run(_values(source, tmp_path / "out", tasks=tasks, **extra))
@@ -321,3 +336,65 @@ def test_every_continual_method_is_registered_with_its_paper():
     methods = methods_for("continual")
     assert set(methods) == {"osft", "olora", "seq-ft", "seq-lora", "l2", "ewc", "replay", "slca", "multitask"}
     assert all(m.paper for m in methods.values())
+
+
+# -- prompt/completion tasks -------------------------------------------------------------------------
+
+QA = [(f"Q{i}: what follows {w}?", a) for i, (w, a) in enumerate([("thou", "art"), ("good", "morrow"), ("my", "lord"),
+                                                                    ("fair", "lady")])]
+
+
+def test_prompt_completion_tasks_resolve_with_their_test_split(tmp_path):
+    from lifecycle.methods.continual.tasks import resolve_task
+
+    train = _qa_file(tmp_path / "qa_train.jsonl", QA)
+    _qa_file(tmp_path / "qa_test.jsonl", QA)
+    task = resolve_task(str(train))
+    assert (task.kind, task.name, task.test_file.name, task.plain_file) == ("completion", "qa_train", "qa_test.jsonl", True)
+    other = _qa_file(tmp_path / "more.jsonl", QA)
+    _qa_file(tmp_path / "more.test.jsonl", QA)
+    assert resolve_task(str(other)).test_file.name == "more.test.jsonl"
+    folder = _task_folder(tmp_path, "nolabels", labels=())  # a task folder without labels.json
+    assert resolve_task(str(folder)).kind == "completion"
+    assert resolve_task("copa").kind == "choice"
+
+
+def test_completion_column_is_greedy_exact_match(tiny_tokenizer, tmp_path):
+    """Memorise four short completions (test = train here, on purpose): the column goes from 0 to 1,
+    the completion NLL falls, and greedy generation reproduces every completion, as the metric claims."""
+    from lifecycle.methods.continual.options import ContinualOptions
+    from lifecycle.methods.continual.pipeline import load_task_data
+    from lifecycle.methods.continual.tasks import resolve_task, score_tasks_detailed
+    from lifecycle.train.engine import train
+
+    path = _qa_file(tmp_path / "qa_train.jsonl", QA)
+    _qa_file(tmp_path / "qa_test.jsonl", QA[:3])  # the last row is the engine's held-out split, not trained on
+    task = resolve_task(str(path))
+    opts = ContinualOptions.model_validate({"model": "x", "tasks": str(path), "output": str(tmp_path / "o"),
+                                            "max_length": 48, "train": {"steps": 60, "lr": 1e-2, "micro_batch_size": 4}})
+    model = make_tiny_model(len(tiny_tokenizer), seed=3)
+    before = score_tasks_detailed(model, tiny_tokenizer, [task], limit=None)[task.name]
+    model = train(model, load_task_data(task, tiny_tokenizer, opts), opts.train, tmp_path / "run", progress=False).model
+    after = score_tasks_detailed(model, tiny_tokenizer, [task], limit=None)[task.name]
+    assert before["acc"] == 0.0 and after["acc"] == 1.0
+    assert after["completion_nll"] < 0.2 * before["completion_nll"]
+    model.eval()
+    for prompt, completion in QA[:3]:
+        ids = tiny_tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        want = tiny_tokenizer(" " + completion, add_special_tokens=False)["input_ids"]
+        out = model.generate(ids, max_new_tokens=len(want), do_sample=False, pad_token_id=tiny_tokenizer.eos_token_id)
+        assert out[0, ids.shape[1]:].tolist() == want
+
+
+def test_cli_mixes_a_label_task_and_a_prompt_completion_file(source, tmp_path):
+    path = _qa_file(tmp_path / "data" / "qa_train.jsonl", QA)
+    _qa_file(tmp_path / "data" / "qa_test.jsonl", QA)
+    out = _run(_values(source, tmp_path / "out", tasks=f"copa,{path}", method="seq-ft"))
+    report = json.loads((out / "continual_report.json").read_text())
+    assert report["tasks"] == ["copa", "qa_train"]
+    assert report["column_metrics"]["qa_train"].startswith("exact match") and "multiple-choice" in report["column_metrics"]["copa"]
+    nll = report["completion_nll_matrix"]
+    assert nll[0] == [None, None] and nll[1][0] is None and nll[1][1] > 0 and report["zero_shot_completion_nll"][1] > 0
+    assert all(0 <= v <= 1 for v in report["accuracy_matrix"][1])
+    card = json.loads((out / "lifecycle.json").read_text())
+    assert card["metrics"]["column_metrics"] == report["column_metrics"]

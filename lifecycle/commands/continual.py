@@ -22,10 +22,12 @@ def preflight_continual(opts: ContinualOptions, *, pending_models: bool = False)
     from lifecycle import preflight as pf
     from lifecycle.finish import default_run_dir
     from lifecycle.methods.continual.pipeline import check_state, read_state, run_identity
-    from lifecycle.methods.continual.tasks import check_test_labels, resolve_task
+    from lifecycle.methods.continual.tasks import check_distinct_names, check_test_labels, resolve_task
 
     pf.check_output(opts.output, overwrite=opts.overwrite)
-    for task in (resolve_task(t) for t in opts.tasks):
+    tasks = [resolve_task(t) for t in opts.tasks]
+    check_distinct_names(tasks)
+    for task in tasks:
         check_test_labels(task, opts.limit)
     pf.check_eval(opts.eval)
     if opts.resume:
@@ -63,7 +65,7 @@ def run_continual(opts: ContinualOptions) -> Path:
 
     from lifecycle.finish import default_run_dir, finish_run
     from lifecycle.methods.continual import metrics
-    from lifecycle.methods.continual.pipeline import HEATMAP_FILE, REPORT_FILE, run_sequence
+    from lifecycle.methods.continual.pipeline import HEATMAP_FILE, REPORT_FILE, column_headers, run_sequence
     from lifecycle.methods.continual.tasks import check_labels_distinct, resolve_task
     from lifecycle.model.card import new_lineage
     from lifecycle.model.io import load_model, prepare_output_dir
@@ -78,19 +80,20 @@ def run_continual(opts: ContinualOptions) -> Path:
     lineage = new_lineage(command="continual", method=f"continual-{opts.method}", parents=[loaded.source],
                           parent_lineages=[loaded.lineage], options=opts.model_dump(mode="json"), seed=opts.train.seed,
                           data={"tasks": report["tasks"]})
-    lineage["metrics"] = {k: report[k] for k in ("method", "tasks", "accuracy_matrix", "zero_shot", "AA", "BWT", "FWT",
-                                                 "forgetting")}
+    lineage["metrics"] = {k: report[k] for k in ("method", "tasks", "column_metrics", "accuracy_matrix", "zero_shot", "AA",
+                                                 "BWT", "FWT", "forgetting")}
     title = f"{opts.method}: " + " → ".join(report["tasks"])
+    headers = column_headers([resolve_task(t) for t in opts.tasks])
 
     def write_extra(tmp: Path) -> None:
-        metrics.heatmap_png(report["tasks"], report["accuracy_matrix"], tmp / HEATMAP_FILE, title, joint=report["joint"])
+        metrics.heatmap_png(headers, report["accuracy_matrix"], tmp / HEATMAP_FILE, title, joint=report["joint"])
         (tmp / "tasks").mkdir()
         for folder in result.task_dirs:
             shutil.move(str(folder), str(tmp / "tasks" / folder.name))
 
     out = finish_run(result.model, result.tokenizer, opts.output, lineage, overwrite=opts.overwrite, eval_after=opts.eval,
                      history=result.history, extra_files={REPORT_FILE: report}, write_extra=write_extra, plot_title=title)
-    Console().print(metrics.matrix_table(report["tasks"], report["accuracy_matrix"], report["zero_shot"], title,
+    Console().print(metrics.matrix_table(headers, report["accuracy_matrix"], report["zero_shot"], title,
                                          joint=report["joint"]))
     summary = ", ".join(f"{k} {report[k]:+.3f}" if k != "AA" else f"AA {report[k]:.3f}"
                         for k in ("AA", "BWT", "FWT") if report.get(k) is not None)

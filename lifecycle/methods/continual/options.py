@@ -24,7 +24,7 @@ class ContinualOptions(MethodOptions):
     method_command: ClassVar[str] = "continual"
 
     model: str = Field(..., description="model to train: folder, Hub id, .gguf, smollm2")
-    tasks: list[str] = Field(..., description="task sequence, in training order: task folders or names in shared/data/continual")
+    tasks: list[str] = Field(..., description="task sequence, in training order: task folders, prompt/completion .jsonl files (test split beside them) or names in shared/data/continual")
     output: str = Field(..., description="folder for the final model (per-task checkpoints go in its tasks/)")
     overwrite: bool = False
     resume: bool = Field(False, description="continue an interrupted run: at the task boundary, and inside a task from its last checkpoint")

@@ -29,7 +29,7 @@ from lifecycle.finish import default_run_dir
 from lifecycle.methods.continual import metrics
 from lifecycle.methods.continual.base import ContinualMethod, TaskContext
 from lifecycle.methods.continual.options import ContinualOptions
-from lifecycle.methods.continual.tasks import ContinualTask, resolve_task, score_tasks
+from lifecycle.methods.continual.tasks import ContinualTask, check_distinct_names, resolve_task, score_tasks_detailed
 from lifecycle.train.engine import train
 
 STATE_FILE = "continual_state.json"
@@ -96,12 +96,18 @@ def _load_method_state(method: ContinualMethod, folder: Path) -> None:
 def load_task_data(task: ContinualTask, tokenizer: Any, opts: ContinualOptions) -> Any:
     from lifecycle.data.supervised import load_supervised
 
-    return load_supervised(task.folder, tokenizer, opts.max_length, max_examples=opts.max_train_examples,
-                           prompt_field=task.prompt_field, completion_field=task.label_field)
+    return load_supervised(task.data_spec, tokenizer, opts.max_length, max_examples=opts.max_train_examples,
+                           prompt_field=task.prompt_field, completion_field=task.label_field,
+                           template=task.prompt_template())
 
 
-def _row(scores: dict[str, float], names: list[str]) -> list[float | None]:
-    return [scores.get(n) for n in names]
+def _row(scores: dict[str, dict[str, float]], names: list[str], key: str = "acc") -> list[float | None]:
+    return [scores.get(n, {}).get(key) for n in names]
+
+
+def column_headers(tasks: list[ContinualTask]) -> list[str]:
+    """Column names for the table and heatmap: a completion task's column is marked as exact match."""
+    return [t.name + (" (EM)" if t.kind == "completion" else "") for t in tasks]
 
 
 def run_sequence(opts: ContinualOptions, loaded: Any, *, log: Callable[[str], None] = print,
@@ -111,26 +117,33 @@ def run_sequence(opts: ContinualOptions, loaded: Any, *, log: Callable[[str], No
     from lifecycle.model.io import load_model, save_checkpoint
 
     tasks = [resolve_task(t) for t in opts.tasks]
+    check_distinct_names(tasks)
     names = [t.name for t in tasks]
+    completion = any(t.kind == "completion" for t in tasks)
     method: ContinualMethod = opts.registered_method.run(opts)
     run_dir = default_run_dir(opts.output)
     identity = run_identity(opts)
     state = read_state(run_dir) if opts.resume else None
     if state is not None:
         check_state(state, identity, run_dir)
+        state.setdefault("zero_shot_nll", None)  # a state written before completion tasks existed
+        state.setdefault("nll_rows", [[None] * len(names) for _ in state["rows"]])
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        state = {"identity": identity, "tasks": names, "zero_shot": None, "rows": [], "task_dirs": [], "timing": []}
+        state = {"identity": identity, "tasks": names, "zero_shot": None, "rows": [], "task_dirs": [], "timing": [],
+                 "zero_shot_nll": None, "nll_rows": []}
         _write_state(run_dir, state)
     tokenizer = loaded.tokenizer
     model = loaded.model
-    score = lambda m, subset: score_tasks(m, tokenizer, subset, limit=opts.limit,  # noqa: E731
-                                          batch_size=opts.eval_batch_size, max_length=max(opts.max_length, 64))
+    score = lambda m, subset: score_tasks_detailed(m, tokenizer, subset, limit=opts.limit,  # noqa: E731
+                                                   batch_size=opts.eval_batch_size, max_length=max(opts.max_length, 64))
 
     if opts.zero_shot and state["zero_shot"] is None:
         log("scoring the untrained model on every task (zero-shot floor)")
-        state["zero_shot"] = _row(score(model, tasks), names)
+        scores = score(model, tasks)
+        state["zero_shot"] = _row(scores, names)
+        state["zero_shot_nll"] = _row(scores, names, "completion_nll")
         _write_state(run_dir, state)
     done = len(state["rows"])
     if done:
@@ -156,12 +169,14 @@ def run_sequence(opts: ContinualOptions, loaded: Any, *, log: Callable[[str], No
         method.end_task(ctx)
         model = ctx.model
         scored = tasks if (opts.score_all or method.joint) else tasks[: i + 1]
-        state["rows"].append(_row(score(model, scored), names))
+        scores = score(model, scored)
+        state["rows"].append(_row(scores, names))
+        state["nll_rows"].append(_row(scores, names, "completion_nll"))
         history.extend(dict(row, task=tasks[i].name) for row in result.history)
         R = state["rows"]
         if console is not None:
-            console.print(metrics.matrix_table(names, R, state["zero_shot"], f"{opts.method}: accuracy after {label}",
-                                               joint=method.joint))
+            console.print(metrics.matrix_table(column_headers(tasks), R, state["zero_shot"],
+                                               f"{opts.method}: accuracy after {label}", joint=method.joint))
         timing = {"task": tasks[i].name, "setup_s": round(setup_s, 3), "train_s": round(result.seconds, 2),
                   "step_s": round(result.seconds / max(cfg.steps, 1), 4)}
         folder = run_dir / "tasks" / ("joint" if method.joint else f"{i + 1:02d}-{tasks[i].name}")
@@ -169,6 +184,7 @@ def run_sequence(opts: ContinualOptions, loaded: Any, *, log: Callable[[str], No
                               parent_lineages=[loaded.lineage], options=opts.model_dump(mode="json"), seed=cfg.seed,
                               data={"tasks": names[: i + 1] if not method.joint else names})
         lineage["metrics"] = {"tasks": names, "trained": names[: i + 1], "accuracy_matrix": R,
+                              "column_metrics": {t.name: t.metric for t in tasks},
                               "zero_shot": state["zero_shot"], **metrics.summary(R, state["zero_shot"])}
         shutil.rmtree(folder, ignore_errors=True)
         save_checkpoint(model, tokenizer, folder, lineage=lineage, overwrite=True,
@@ -179,15 +195,19 @@ def run_sequence(opts: ContinualOptions, loaded: Any, *, log: Callable[[str], No
         shutil.rmtree(run_dir / f"train-{i:02d}", ignore_errors=True)
     R = state["rows"]
     report = {"method": opts.method, "tasks": names, "accuracy_matrix": R, "zero_shot": state["zero_shot"],
-              "joint": method.joint, "limit": opts.limit,
+              # what each column's accuracy is: multiple choice for label tasks, greedy exact match otherwise
+              "column_metrics": {t.name: t.metric for t in tasks}, "joint": method.joint, "limit": opts.limit,
               "max_train_examples": opts.max_train_examples, "steps_per_task": opts.train.steps,
               **metrics.summary(R, state["zero_shot"] if (opts.score_all or method.joint) else None),
               "timing": state["timing"], "method_report": method.report()}
+    if completion:  # graded companion of the exact-match columns (mean summed NLL per item, nats; lower is better)
+        report["completion_nll_matrix"] = state["nll_rows"]
+        report["zero_shot_completion_nll"] = state["zero_shot_nll"]
     if method.joint:
         report["BWT"] = report["forgetting"] = None  # one joint stage: no before/after
     report["AA"] = metrics.average_accuracy(R) if len(R[-1]) == len(names) else None
     return SequenceResult(model, tokenizer, report, [Path(p) for p in state["task_dirs"]], history)
 
 
-__all__ = ["HEATMAP_FILE", "REPORT_FILE", "SequenceResult", "load_task_data", "read_state", "run_identity",
+__all__ = ["HEATMAP_FILE", "REPORT_FILE", "SequenceResult", "column_headers", "load_task_data", "read_state", "run_identity",
            "run_sequence"]
