@@ -297,7 +297,7 @@ def main() -> None:
     mk = sub.add_parser("mergekit", help="SmolLM2 and two fine-tunes through lifecycle and mergekit")
     mk.add_argument("--mergekit-python", required=True, help="an interpreter with mergekit installed")
     mk.add_argument("--work", type=Path, default=Path("/tmp/mergebench"))
-    mk.add_argument("--parent-steps", type=int, default=40)
+    mk.add_argument("--parent-steps", type=int, default=30)
     mk.add_argument("--only", nargs="*", help="run only these methods (results file not written)")
     mk.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "merge_smollm2_vs_mergekit.json")
     lora = sub.add_parser("lora", help="LoRA fusion: multi-task accuracy of the fused adapters")
