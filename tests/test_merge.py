@@ -463,3 +463,16 @@ def test_recipe_steps_merge_earlier_steps_with_mergekit_style_entries(models, tm
     assert [p["weight"] for p in lineage["merge"]["parents"]] == [0.25, 0.75]
     assert lineage["history"][0]["command"] == "merge"  # the avg step's own lineage comes along
     assert run_recipe(recipe) == outputs  # re-run: both steps skipped, same folders
+
+
+def test_a_model_loaded_from_gguf_saves_as_safetensors(tmp_path):
+    # transformers keeps the GGUF quantizer on the dequantized model and refuses save_pretrained with it;
+    # `lifecycle train --model smollm2` (the merge bench's fine-tuned parents) must still write its checkpoint
+    from lifecycle.model.io import load_model, save_checkpoint
+
+    loaded = load_model(str(_write_gguf(tmp_path / "tiny.gguf")))
+    out = save_checkpoint(loaded.model, loaded.tokenizer, tmp_path / "saved", lineage={"command": "test"})
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, load_model(str(out)).model(ids).logits)

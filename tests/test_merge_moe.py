@@ -211,3 +211,59 @@ def test_the_moe_trains_further_on_the_engine_and_stays_a_hub_loadable_checkpoin
     ids = _ids(tiny_tokenizer)
     with torch.no_grad():
         assert not torch.allclose(before(ids).logits, after(ids).logits)
+
+
+def _val_loss(folder: Path, settings: dict) -> float:
+    """The engine's held-out loss of a saved model on the post_train data's validation split."""
+    from lifecycle.data import load_corpus, pack
+    from lifecycle.model.io import load_model
+    from lifecycle.train.engine import TrainConfig, _held_out_loss
+
+    loaded = load_model(str(folder))
+    data = pack(load_corpus(settings["data"]), loaded.tokenizer, settings["block_size"], val_fraction=0.05,
+                max_train_tokens=settings["max_train_tokens"])
+    return _held_out_loss(loaded.model, data, TrainConfig(**settings["train"]), torch.device("cpu"))
+
+
+def test_post_train_option_trains_the_moe_on_the_engine_and_the_card_records_scores_with_and_without(experts, tmp_path):
+    from lifecycle.cli import run_command
+
+    settings = {"data": "shakespeare", "block_size": 32, "max_train_tokens": 20000,
+                "train": {"steps": 3, "micro_batch_size": 4, "lr": 1e-2, "warmup_steps": 1, "eval_blocks": 4}}
+    models = [str(experts["a"]), str(experts["b"])]
+    out = run_command("merge", {"merge_method": "logit_moe", "models": models, "output": str(tmp_path / "moe"),
+                                "post_train": settings, "eval": {"tasks": ["copa"], "limit": 2, "max_length": 64}}, [])
+    lineage = json.loads((out / "lifecycle.json").read_text())
+    post = lineage["merge"]["post_training"]
+    assert post["steps"] == 3 and post["tokens_seen"] == 3 * 4 * 32
+    untrained = merge_models({"merge_method": "logit_moe", "models": models}, tmp_path / "untrained")
+    # each recorded loss is the engine's held-out loss of that model, recomputed here from the saved folders
+    assert post["without"]["val_loss"] == pytest.approx(_val_loss(untrained, settings), rel=1e-4)
+    assert post["with"]["val_loss"] == pytest.approx(_val_loss(out, settings), rel=1e-4)
+    assert post["with"]["val_loss"] != pytest.approx(post["without"]["val_loss"], rel=1e-4)
+    assert set(post["without"]["scores"]) == set(post["with"]["scores"]) == {"copa"}
+    assert lineage["eval"]["copa"] == post["with"]["scores"]["copa"]  # the card's headline: the trained model
+    assert "post_training" in (out / "README.md").read_text()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "lifecycle_logit_moe" and (out / "modeling_lifecycle_logit_moe.py").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["moe", "untrained"]  # the untrained copy is gone
+
+
+def test_post_train_bad_inputs_are_one_line_errors_that_write_nothing(experts, tmp_path):
+    from lifecycle.cli import run_command
+
+    a, b = str(experts["a"]), str(experts["b"])
+    cases = [
+        ({"merge_method": "linear"}, "post_train: only logit_moe trains after merging, not linear"),
+        ({"post_train": {"data": str(tmp_path / "missing.txt")}}, "post_train.data: "),
+        ({"post_train": {"data": "shakespeare", "block_size": 100000}}, "post_train.block_size 100000 exceeds"),
+        ({"post_train": {"data": "shakespeare", "epochs": 2}}, "epochs"),
+    ]
+    out = tmp_path / "out"
+    for values, message in cases:
+        values = {"merge_method": "logit_moe", "models": [a, b], "post_train": {"data": "shakespeare"}, **values,
+                  "output": str(out)}
+        with pytest.raises(LifecycleError, match=message) as info:
+            run_command("merge", values, [])
+        assert "\n" not in str(info.value)
+        assert not out.exists() and not list(tmp_path.glob(".out*"))

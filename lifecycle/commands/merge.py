@@ -30,13 +30,17 @@ def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None
     pf.check_output(opts.output, overwrite=opts.overwrite)
     check_sources(opts)
     pf.check_eval(opts.eval)
+    if opts.post_train is not None:
+        pf.check_data(opts.post_train.data, what="post_train.data")
     if pending_models:
         return
     spec = merge_spec(opts.merge_method)
     if spec.whole_model:  # logit MoE, LoRA fusion: the method knows what its inputs must agree on
         for source in opts.sources():
             if not spec.adapter_inputs or source == opts.base_model:
-                pf.model_info(source)
+                info = pf.model_info(source)
+                if opts.post_train is not None:
+                    pf.check_positions(opts.post_train.block_size, info.max_positions, option="post_train.block_size")
         spec.check(opts)
         return
     sources = opts.sources()
@@ -57,7 +61,7 @@ def run_merge(opts: MergeOptions) -> Path:
     from lifecycle.methods.merge.pipeline import merge_models
 
     out = merge_models(opts)
-    if opts.eval.tasks:
+    if opts.eval.tasks and opts.post_train is None:  # post_train scores before and after itself
         from lifecycle.eval.harness import evaluate_folder
 
         evaluate_folder(out, opts.eval.tasks, opts.eval.limit, batch_size=opts.eval.batch_size,

@@ -84,8 +84,26 @@ def load_model(
         raise LifecycleError(f"cannot load the tokenizer of {spec}: {_first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if info.gguf_file:
+        forget_gguf_quantizer(model)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, source=info.source, lineage=info.lineage)
+
+
+def forget_gguf_quantizer(model: Any) -> None:
+    """transformers dequantizes a GGUF file on load, so the weights are plain tensors, but the model keeps
+    the GGUF quantizer, which refuses ``save_pretrained``; a model loaded from GGUF must save like any
+    other (``lifecycle train --model smollm2`` writes a safetensors checkpoint)."""
+    model.hf_quantizer = None
+    for attr in ("quantization_config", "quantization_method"):
+        for obj in (model.config, model):
+            if attr in vars(obj):
+                delattr(obj, attr)
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:
+            pass
 
 
 def _exists_message(out: Path) -> str:

@@ -18,12 +18,19 @@ weights are not touched. Here:
   embedding or head tensor byte-identical to an earlier expert's (the frozen substrate of layer-wise
   growth) is stored once and tied on load.
 
-Not in the paper's released code path: the optional adapter over concatenated logits, and the
-further training of the merged model that ``best_bvv_moe`` had (see docs/merge.md).
+* ``post_train:`` (optional): the paper's released MoE (``best_bvv_moe``) was trained further after
+  merging. With it, the MoE is written to a temporary folder, loaded, scored (held-out loss on the
+  ``post_train`` data's validation split, and ``eval.tasks`` when given), trained on the engine
+  (:func:`lifecycle.train.engine.train`, the same loop as ``lifecycle train``), scored again and written
+  to the output; ``merge.post_training`` in the lineage and card holds both sets of scores.
+
+Not done: the optional adapter over concatenated logits (see docs/merge.md).
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +135,71 @@ def _output_dtype(opts: Any, first: Any) -> torch.dtype:
               parameters=(ParamDef("combine", default="logits"), ParamDef("share_embeddings", default=True)),
               tensor_parameters=(ParamDef("weight"),), whole_model=True, check=check_logit_moe)
 def build_logit_moe(opts: Any) -> Path:
-    """Write the logit MoE of ``opts.models`` to ``opts.output``; returns the folder."""
+    """Write the logit MoE of ``opts.models`` to ``opts.output`` (trained further with ``post_train``)."""
+    if opts.post_train is None:
+        return _write_logit_moe(opts)
+    from lifecycle.model.io import check_output_creatable
+
+    out = Path(opts.output).expanduser().resolve()
+    check_output_creatable(out, overwrite=opts.overwrite)  # before minutes of merging and training
+    untrained = Path(tempfile.mkdtemp(prefix=f".{out.name}.untrained-", dir=out.parent))
+    try:
+        _write_logit_moe(opts.model_copy(update={"output": str(untrained / "moe"), "overwrite": False}))
+        return post_train_moe(untrained / "moe", opts)
+    finally:
+        shutil.rmtree(untrained, ignore_errors=True)
+
+
+def post_train_moe(folder: Path, opts: Any) -> Path:
+    """Score the MoE in ``folder``, train it on the engine with ``opts.post_train``, score it again and
+    write it to ``opts.output`` with both sets of scores in ``merge.post_training``."""
+    import json
+
+    from lifecycle.data import load_corpus, pack
+    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.model.io import load_model
+    from lifecycle.model.card import LINEAGE_FILE, add_eval_record
+    from lifecycle.train.engine import _held_out_loss, make_accelerator, train
+
+    settings = opts.post_train
+    loaded = load_model(str(folder))
+    data = pack(load_corpus(settings.data), loaded.tokenizer, settings.block_size, val_fraction=settings.val_fraction,
+                max_train_tokens=settings.max_train_tokens)
+    device = next(loaded.model.parameters()).device
+    without = {"val_loss": _held_out_loss(loaded.model, data, settings.train, device)}
+    before = _scores(loaded.model, loaded.tokenizer, opts.eval)
+    run_dir = default_run_dir(opts.output)
+    accelerator = make_accelerator(settings.train, None, logging_dir=run_dir / "logs")
+    result = train(loaded.model, data, settings.train, run_dir, accelerator=accelerator,
+                   description="post-merge training")
+    with_training = {"val_loss": result.final_val_loss}
+    after = _scores(result.model, loaded.tokenizer, opts.eval)
+    lineage = json.loads((folder / LINEAGE_FILE).read_text())
+    if after is not None:  # the card's headline scores are the trained model's; both are in post_training
+        without["scores"], with_training["scores"] = before.scores, after.scores
+        lineage = add_eval_record(lineage, after.scores, after.settings)
+    lineage["tokens_seen"] = result.tokens_seen
+    lineage["data"] = data.describe()
+    lineage["merge"]["post_training"] = {
+        "data": settings.data, "steps": result.steps, "tokens_seen": result.tokens_seen,
+        "val_blocks": min(data.num_validation, settings.train.eval_blocks), "block_size": settings.block_size,
+        "without": without, "with": with_training}
+    out = finish_run(result.model, loaded.tokenizer, opts.output, lineage, overwrite=opts.overwrite, result=result)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return out
+
+
+def _scores(model: Any, tokenizer: Any, eval_opts: Any) -> Any:
+    """The lm-eval report of ``eval.tasks`` on ``model`` (None without tasks)."""
+    if not eval_opts.tasks:
+        return None
+    from lifecycle.eval.harness import evaluate
+
+    return evaluate(model, tokenizer, eval_opts.tasks, limit=eval_opts.limit, batch_size=eval_opts.batch_size,
+                    max_length=eval_opts.max_length, include_path=eval_opts.include_path)
+
+
+def _write_logit_moe(opts: Any) -> Path:
     from lifecycle.methods.merge.options import parse_size
     from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers
     from lifecycle.model.card import new_lineage

@@ -17,7 +17,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lifecycle.errors import LifecycleError
-from lifecycle.options import CommandOptions, EvalAfter
+from lifecycle.options import CommandOptions, EvalAfter, TextDataOptions
+from lifecycle.train.engine import TrainConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
@@ -66,6 +67,18 @@ class InputModel(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
+class PostTrain(CommandOptions):
+    """``post_train:`` (logit_moe only): train the merged model further on the engine, as the paper's
+    released MoE was, and record its held-out loss (and ``eval.tasks`` scores) with and without it.
+    The data fields are ``lifecycle train``'s (the merged model brings its tokenizer)."""
+
+    data: str = Field(..., description=TextDataOptions.model_fields["data"].description)
+    block_size: int = Field(256, ge=8)
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="held-out share; the with/without loss is measured on it")
+    max_train_tokens: int | None = Field(None, ge=1)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=30))
+
+
 class MergeOptions(CommandOptions):
     """Merge the weights of several models of one architecture (mergekit YAML fields, plus output)."""
 
@@ -84,6 +97,7 @@ class MergeOptions(CommandOptions):
     random_seed: int | None = Field(None, description="seeds torch before merging (DARE's random drop), as mergekit's --random-seed")
     out_shard_size: str = Field("2B", description="largest output shard, e.g. 500M, 2B (bytes), as mergekit's --out-shard-size")
     eval: EvalAfter = Field(default_factory=EvalAfter)
+    post_train: PostTrain | None = Field(None, description="logit_moe: train the merged model further (data, block_size, train.steps, ...); the card records scores with and without it")
     layer_ranges: dict[str, list[int]] | None = Field(None, description="set from a one-slice `slices:` config: each model's layer_range (must be all its layers)")
 
     @model_validator(mode="before")
@@ -173,6 +187,9 @@ class MergeOptions(CommandOptions):
                     raise ValueError(f"models.{index}.parameters.{name}: not a per-model parameter of {self.merge_method} "
                                      f"(it takes: {takes})")
                 _check_setting(value, f"models.{index}.parameters.{name}")
+        if self.post_train is not None and self.merge_method != "logit_moe":
+            raise ValueError(f"post_train: only logit_moe trains after merging, not {self.merge_method} "
+                             "(train the merged checkpoint with lifecycle train)")
         source = (self.tokenizer or {}).get("source") if self.tokenizer else None
         if source is not None and self.tokenizer_source is not None:
             raise ValueError("give tokenizer_source or tokenizer.source, not both")
@@ -257,4 +274,4 @@ def parse_size(value: Any) -> int:
     return size
 
 
-__all__ = ["InputModel", "MergeOptions", "dtype_from_name", "parse_size"]
+__all__ = ["InputModel", "MergeOptions", "PostTrain", "dtype_from_name", "parse_size"]

@@ -40,16 +40,9 @@ def _forget_gguf(model: Any) -> None:
     """A GGUF input was dequantized by transformers on load; its weights are plain tensors now, but the
     model still carries the GGUF quantizer, which refuses to save. The output is not a GGUF model."""
     if getattr(model, "hf_quantizer", None) is not None and already_quantized(model.config) is None:
-        model.hf_quantizer = None
-        for attr in ("quantization_config", "quantization_method"):
-            for obj in (model.config, model):
-                if attr in vars(obj):
-                    delattr(obj, attr)
-        if hasattr(model, "is_quantized"):
-            try:
-                model.is_quantized = False
-            except AttributeError:
-                pass
+        from lifecycle.model.io import forget_gguf_quantizer
+
+        forget_gguf_quantizer(model)
 
 
 def check_not_quantized(config: Any, spec: str) -> None:
