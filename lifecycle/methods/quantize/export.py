@@ -29,7 +29,7 @@ numbers, eagerly); lifecycle uses it for its own reload check and scoring. Outsi
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -103,26 +103,31 @@ def _set_norm(module: nn.Module, layer: BitLinear) -> None:
             module.rms_norm.variance_epsilon = layer.norm_eps
 
 
-def export_packed(model: nn.Module) -> nn.Module:
-    """Replace every BitLinear by transformers' packed ``BitLinear`` (uint8 weights, 1/γ scales), in place."""
-    from transformers.integrations.bitnet import BitLinear as HFBitLinear
-
+def _export_offline(model: nn.Module, linear_class: str, make: Callable[[BitLinear, torch.Tensor, torch.Tensor], nn.Module]) -> nn.Module:
+    """Replace every BitLinear, in place, by ``make(layer, ternary weight, γ)``: the offline (frozen) forms."""
     check_packable(model)
-    qconfig = _quant_config(model, "bitlinear", "offline")
+    qconfig = _quant_config(model, linear_class, "offline")
     for name, layer in bitlinear_modules(model):
         w = layer.weight.detach().float().cpu()
         gamma = weight_scale(w, layer.scale_method)
-        new = HFBitLinear(layer.in_features, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype,
-                          use_rms_norm=layer.norm, rms_norm_eps=layer.norm_eps)
-        new.weight = pack_ternary(ternarize(w, gamma))
-        new.weight_scale = (1.0 / gamma).reshape(1).to(layer.weight.dtype)
-        if layer.bias is not None:
-            new.bias = layer.bias.detach().clone()
+        new = make(layer, ternarize(w, gamma), gamma)
         _set_norm(new, layer)
         new.requires_grad_(False)
         model.set_submodule(name, new)
     model.config.quantization_config = qconfig
     return model
+
+
+def _hf_bitlinear(layer: BitLinear, ternary: torch.Tensor, gamma: torch.Tensor) -> nn.Module:
+    from transformers.integrations.bitnet import BitLinear as HFBitLinear
+
+    new = HFBitLinear(layer.in_features, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype,
+                      use_rms_norm=layer.norm, rms_norm_eps=layer.norm_eps)
+    new.weight = pack_ternary(ternary)
+    new.weight_scale = (1.0 / gamma).reshape(1).to(layer.weight.dtype)  # this class divides by it
+    if layer.bias is not None:
+        new.bias = layer.bias.detach().clone()
+    return new
 
 
 def _pack_on_save(module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any) -> None:
@@ -130,28 +135,28 @@ def _pack_on_save(module: nn.Module, state: dict[str, Any], prefix: str, local_m
     state[key] = pack_ternary(state[key].detach().cpu().round())
 
 
-def export_packed_autobitlinear(model: nn.Module) -> nn.Module:
-    """Replace every BitLinear by transformers' offline ``AutoBitLinear`` (ternary weights saved packed, γ scales)."""
+def _hf_autobitlinear_offline(layer: BitLinear, ternary: torch.Tensor, gamma: torch.Tensor) -> nn.Module:
     from transformers.integrations.bitnet import AutoBitLinear
 
-    check_packable(model)
-    qconfig = _quant_config(model, "autobitlinear", "offline")
-    for name, layer in bitlinear_modules(model):
-        w = layer.weight.detach().float().cpu()
-        gamma = weight_scale(w, layer.scale_method)
-        new = AutoBitLinear(layer.in_features, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype,
-                            online_quant=False, use_rms_norm=layer.norm, rms_norm_eps=layer.norm_eps)
-        with torch.no_grad():
-            new.weight.copy_(ternarize(w, gamma))
-            new.weight_scale.copy_(gamma.reshape(1))  # AutoBitLinear multiplies by it: γ, not 1/γ
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        _set_norm(new, layer)
-        new.requires_grad_(False)
-        new._register_state_dict_hook(_pack_on_save)
-        model.set_submodule(name, new)
-    model.config.quantization_config = qconfig
-    return model
+    new = AutoBitLinear(layer.in_features, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype,
+                        online_quant=False, use_rms_norm=layer.norm, rms_norm_eps=layer.norm_eps)
+    with torch.no_grad():
+        new.weight.copy_(ternary)
+        new.weight_scale.copy_(gamma.reshape(1))  # AutoBitLinear multiplies by it: γ, not 1/γ
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    new._register_state_dict_hook(_pack_on_save)
+    return new
+
+
+def export_packed(model: nn.Module) -> nn.Module:
+    """Replace every BitLinear by transformers' packed ``BitLinear`` (uint8 weights, 1/γ scales), in place."""
+    return _export_offline(model, "bitlinear", _hf_bitlinear)
+
+
+def export_packed_autobitlinear(model: nn.Module) -> nn.Module:
+    """Replace every BitLinear by transformers' offline ``AutoBitLinear`` (ternary weights saved packed, γ scales)."""
+    return _export_offline(model, "autobitlinear", _hf_autobitlinear_offline)
 
 
 def export_online(model: nn.Module) -> nn.Module:
