@@ -11,8 +11,8 @@ runs (the same base model as every other method of that order).
 
     OMP_NUM_THREADS=1 flock /tmp/cpu.lock python bench/continual.py            # writes bench/results/continual.json
     OMP_NUM_THREADS=1 python bench/continual.py --quick                         # 2 tasks, 2 methods, a minute
-    cpujob python bench/continual.py --cost --model smollm2                     # OSFT's cost vs seq-ft (below)
-    cpujob python bench/continual.py --smollm2                                  # one SmolLM2 order (below)
+    OMP_NUM_THREADS=1 python bench/continual.py --cost --model smollm2                     # OSFT's cost vs seq-ft (below)
+    OMP_NUM_THREADS=1 python bench/continual.py --smollm2                                  # one SmolLM2 order (below)
 
 ``--cost``: what OSFT costs against plain full fine-tuning on one model (the issue's "SVD time per
 task boundary, step time and memory"). Each arm (``seq-ft``, ``osft``) runs in its own subprocess, so
@@ -230,7 +230,7 @@ def cost_main(args) -> None:
               # AdamW: a gradient and two moments per trainable element
               "grad_and_adam_mib_osft": 3 * c["trainable_params"] * b / 2**20,
               "grad_and_adam_mib_seqft": 3 * seq["counted"]["trainable_params"] * b / 2**20}
-    out = {"command": f"cpujob python bench/continual.py --cost --model {args.model} --cost-steps {args.cost_steps} "
+    out = {"command": f"OMP_NUM_THREADS=1 python bench/continual.py --cost --model {args.model} --cost-steps {args.cost_steps} "
                       f"--cost-batch {args.cost_batch} --max-length {args.max_length}",
            "settings": {k: getattr(args, k) for k in ("model", "cost_steps", "cost_batch", "cost_task", "max_length")},
            "arms": arms, "comparison": ratios, "total_s": round(time.perf_counter() - started, 1)}
@@ -267,7 +267,7 @@ def smollm2_main(args) -> None:
             runs[method] = report
             print(f"{method:7s}: AA {report['AA']:.3f} BWT {report['BWT']:+.3f} ({report['wall_s']} s)", flush=True)
     zero = next((r["zero_shot"] for r in runs.values() if r.get("zero_shot")), None)
-    out = {"command": f"cpujob python bench/continual.py --smollm2 --sm-model {args.sm_model} --sm-examples {args.sm_examples} --sm-limit {args.sm_limit} "
+    out = {"command": f"OMP_NUM_THREADS=1 python bench/continual.py --smollm2 --sm-model {args.sm_model} --sm-examples {args.sm_examples} --sm-limit {args.sm_limit} "
                       f"--sm-lr {args.sm_lr} --max-length {args.max_length} --sm-methods {args.sm_methods}",
            "order": SMOLLM2_ORDER, "examples_per_task": args.sm_examples, "steps_per_task": steps, "batch": 4,
            "test_items_per_task": args.sm_limit, "zero_shot": zero,

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; reads the shared corpora, fully offline, one thread)::
 
-    cpujob python bench/grow.py                # full (~15-20 min of one core; docs/grow.md ran it with --d-sweep 0.5)
+    OMP_NUM_THREADS=1 python bench/grow.py                # full (~15-20 min of one core; docs/grow.md ran it with --d-sweep 0.5)
     python bench/grow.py --quick               # G_stack vs scratch only, 5 seeds (~5 min); a `bench` test runs it
     python bench/grow.py --smoke               # every part on a tiny budget (~30 s); a CI test runs it
     python bench/grow.py --tokens 200000 --lr-sweep "" --d-sweep "" --variants none --no-layerwise

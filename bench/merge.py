@@ -1,7 +1,7 @@
 """lifecycle merge against mergekit on SmolLM2-135M and two fine-tuned variants (issue 10, evidence).
 
-    cpujob python bench/merge.py mergekit --mergekit-python /tmp/mk-venv/bin/python
-    cpujob python bench/merge.py lora --tasks agnews amazon --train-examples 160 --test-items 50 --icm-steps 100
+    OMP_NUM_THREADS=1 python bench/merge.py mergekit --mergekit-python /tmp/mk-venv/bin/python
+    OMP_NUM_THREADS=1 python bench/merge.py lora --tasks agnews amazon --train-examples 160 --test-items 50 --icm-steps 100
 
 ``mergekit``: the parents are SmolLM2-135M-Instruct (the built-in GGUF, dequantized once and saved as
 safetensors, because mergekit reads no GGUF) and two variants fine-tuned from it here with

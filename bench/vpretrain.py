@@ -23,7 +23,7 @@ tokens/s come from the engine's training time.
 The parent evaluates the saved models. The headline is each arm's mean answer NLL and the paired
 differences against ``ntp`` over seeds (paired t-test).
 
-    cpujob python bench/vpretrain.py     # writes bench/results/vpretrain.json
+    OMP_NUM_THREADS=1 python bench/vpretrain.py     # writes bench/results/vpretrain.json
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def main() -> None:
                 **({"answer_nll": paired(results, arm, "answer_nll"), "wikitext_ppl": paired(results, arm, "wikitext_ppl")}
                    if arm != "ntp" else {})}
         summary.append(line)
-    document = {"command": "cpujob python bench/vpretrain.py " + " ".join(passed), "settings": settings,
+    document = {"command": "OMP_NUM_THREADS=1 python bench/vpretrain.py " + " ".join(passed), "settings": settings,
                 "metric": "answer_nll: -log p(answer | question) per GSM8K test answer, nats (lm-eval task gsm8k_answer_nll)",
                 "base": base_scores, "stream": streams.get("ntp"), "summary": summary, "runs": results,
                 "seconds": round(time.perf_counter() - started, 1), "machine": platform.platform(), "threads": 1}
