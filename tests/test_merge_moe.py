@@ -217,12 +217,12 @@ def _val_loss(folder: Path, settings: dict) -> float:
     """The engine's held-out loss of a saved model on the post_train data's validation split."""
     from lifecycle.data import load_corpus, pack
     from lifecycle.model.io import load_model
-    from lifecycle.train.engine import TrainConfig, _held_out_loss
+    from lifecycle.train.engine import TrainConfig, held_out_loss
 
     loaded = load_model(str(folder))
     data = pack(load_corpus(settings["data"]), loaded.tokenizer, settings["block_size"], val_fraction=0.05,
                 max_train_tokens=settings["max_train_tokens"])
-    return _held_out_loss(loaded.model, data, TrainConfig(**settings["train"]), torch.device("cpu"))
+    return held_out_loss(loaded.model, data, TrainConfig(**settings["train"]), torch.device("cpu"))
 
 
 def test_post_train_option_trains_the_moe_on_the_engine_and_the_card_records_scores_with_and_without(experts, tmp_path):

@@ -119,7 +119,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def _held_out_loss(model: nn.Module, data: Any, cfg: TrainConfig, device) -> float | None:
+def held_out_loss(model: nn.Module, data: Any, cfg: TrainConfig, device: torch.device) -> float | None:
     """Mean next-token loss over the first ``eval_blocks`` held-out examples, weighted by loss tokens."""
     count_examples = min(data.num_validation, cfg.eval_blocks)
     if count_examples == 0:
@@ -392,7 +392,7 @@ def train(
             row: dict[str, Any] = {"step": done, "lr": lr, "train_loss": step_loss, "tokens": done * tokens_per_step}
             eval_now = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
             if eval_now:
-                last_val = _held_out_loss(prepared_model, data, cfg, device)
+                last_val = held_out_loss(prepared_model, data, cfg, device)
                 row["val_loss"] = last_val
             if done % cfg.log_every == 0 or eval_now or done == cfg.steps:
                 elapsed = time.perf_counter() - window_start
@@ -443,4 +443,4 @@ def train(
     )
 
 
-__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "causal_lm_loss", "lr_at", "make_accelerator", "plot_loss_curve", "train"]
+__all__ = ["TrainConfig", "TrainHooks", "TrainResult", "causal_lm_loss", "held_out_loss", "lr_at", "make_accelerator", "plot_loss_curve", "train"]

@@ -159,14 +159,14 @@ def post_train_moe(folder: Path, opts: Any) -> Path:
     from lifecycle.finish import default_run_dir, finish_run
     from lifecycle.model.io import load_model
     from lifecycle.model.card import LINEAGE_FILE, add_eval_record
-    from lifecycle.train.engine import _held_out_loss, make_accelerator, train
+    from lifecycle.train.engine import held_out_loss, make_accelerator, train
 
     settings = opts.post_train
     loaded = load_model(str(folder))
     data = pack(load_corpus(settings.data), loaded.tokenizer, settings.block_size, val_fraction=settings.val_fraction,
                 max_train_tokens=settings.max_train_tokens)
     device = next(loaded.model.parameters()).device
-    without = {"val_loss": _held_out_loss(loaded.model, data, settings.train, device)}
+    without = {"val_loss": held_out_loss(loaded.model, data, settings.train, device)}
     before = _scores(loaded.model, loaded.tokenizer, opts.eval)
     run_dir = default_run_dir(opts.output)
     accelerator = make_accelerator(settings.train, None, logging_dir=run_dir / "logs")
