@@ -1,15 +1,15 @@
 """lifecycle merge against mergekit on SmolLM2-135M and two fine-tuned variants (issue 10, evidence).
 
-    OMP_NUM_THREADS=1 python bench/merge.py mergekit --mergekit-python /tmp/mk-venv/bin/python
+    OMP_NUM_THREADS=1 python bench/merge.py mergekit --mergekit-python /tmp/mk-venv/bin/python --repeats 3
     OMP_NUM_THREADS=1 python bench/merge.py lora --tasks agnews amazon --train-examples 160 --test-items 50 --icm-steps 100
 
 ``mergekit``: the parents are SmolLM2-135M-Instruct (the built-in GGUF, dequantized once and saved as
 safetensors, because mergekit reads no GGUF) and two variants fine-tuned from it here with
 ``lifecycle train`` on two real domains (drama and C code, ``--parent-steps`` steps each; made once
 in ``--work`` and reused). Every method's YAML runs through ``lifecycle merge`` and through
-mergekit's ``mergekit-yaml``, each in its own subprocess, alternating which goes first; wall time
-and peak RSS are those of that subprocess (``os.wait4``'s rusage of the one child, so one run's
-peak never leaks into the next). Reported: max |lifecycle − mergekit| of every output tensor, and
+mergekit's ``mergekit-yaml``, each in its own subprocess, alternating which goes first, ``--repeats``
+times; wall time, CPU time and peak RSS are those of that subprocess (``os.wait4``'s rusage of the one
+child, so one run's peak never leaks into the next), and the medians are compared. Reported: max |lifecycle − mergekit| of every output tensor, and
 the time and memory ratios lifecycle / mergekit. Results: bench/results/merge_smollm2_vs_mergekit.json.
 
 ``lora``: multi-task accuracy of fused LoRA adapters on SmolLM2-135M-Instruct. One LoRA per task
@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -150,18 +151,26 @@ def run_mergekit(args: argparse.Namespace) -> None:
                           "--random-seed", "0", "--overwrite"],
             "mergekit": [mergekit_yaml, str(cfg_file), str(theirs), "--random-seed", "0"],
         }
-        order = list(runs) if index % 2 == 0 else list(runs)[::-1]  # alternate, so drift hits both sides
-        timing = {}
-        for tool in order:
-            timing[tool] = measured(runs[tool], env)
+        # Each tool runs --repeats times, alternating which goes first, so load drift hits both sides;
+        # the ratios are of the medians (wall and CPU time) and of the largest peak RSS.
+        samples: dict[str, list[dict]] = {tool: [] for tool in runs}
+        for repeat in range(args.repeats):
+            order = list(runs) if (index + repeat) % 2 == 0 else list(runs)[::-1]
+            for tool in order:
+                samples[tool].append(measured(runs[tool], env))
+        timing = {tool: {"wall_s": statistics.median(r["wall_s"] for r in rows),
+                         "cpu_s": statistics.median(r["cpu_s"] for r in rows),
+                         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows), "runs": rows}
+                  for tool, rows in samples.items()}
         row = compare(ours, theirs)
-        row.update({tool: timing[tool] for tool in runs}, first=order[0],
+        row.update({tool: timing[tool] for tool in runs}, repeats=args.repeats, load_average=list(os.getloadavg()),
                    wall_ratio=round(timing["lifecycle"]["wall_s"] / timing["mergekit"]["wall_s"], 3),
+                   cpu_ratio=round(timing["lifecycle"]["cpu_s"] / timing["mergekit"]["cpu_s"], 3),
                    rss_ratio=round(timing["lifecycle"]["peak_rss_mib"] / timing["mergekit"]["peak_rss_mib"], 3))
         results["methods"][name] = row
         print(f"{name:16s} {row['tensors_compared']} tensors  max|Δ| {row['max_abs_diff']:.3g} ({row['worst_tensor']}, "
               f"{row['tensors_nonzero_diff']} nonzero)  wall {timing['lifecycle']['wall_s']}/{timing['mergekit']['wall_s']} s"
-              f" = {row['wall_ratio']}  RSS {timing['lifecycle']['peak_rss_mib']}/{timing['mergekit']['peak_rss_mib']} MiB"
+              f" = {row['wall_ratio']}  CPU {row['cpu_ratio']}  RSS {timing['lifecycle']['peak_rss_mib']}/{timing['mergekit']['peak_rss_mib']} MiB"
               f" = {row['rss_ratio']}", flush=True)
     if args.only:
         return
@@ -298,6 +307,7 @@ def main() -> None:
     mk.add_argument("--mergekit-python", required=True, help="an interpreter with mergekit installed")
     mk.add_argument("--work", type=Path, default=Path("/tmp/mergebench"))
     mk.add_argument("--parent-steps", type=int, default=30)
+    mk.add_argument("--repeats", type=int, default=3, help="runs per tool and method (medians are compared)")
     mk.add_argument("--only", nargs="*", help="run only these methods (results file not written)")
     mk.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "merge_smollm2_vs_mergekit.json")
     lora = sub.add_parser("lora", help="LoRA fusion: multi-task accuracy of the fused adapters")

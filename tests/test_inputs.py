@@ -69,6 +69,18 @@ def test_inspect_folder_reads_no_weights(folder, tiny_model, monkeypatch):
     assert info.lineage == {"command": "test"}
 
 
+def test_inspect_is_remembered_until_the_folder_changes(folder):
+    first = inspect_model(str(folder))
+    first.config.num_hidden_layers = 99  # the caller's copy: it must not reach the next answer
+    first.lineage["command"] = "changed"
+    again = inspect_model(str(folder))
+    assert again.config.num_hidden_layers != 99 and again.lineage == {"command": "test"}
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # changed since: inspected again, and refused
+    with pytest.raises(LifecycleError, match="truncated"):
+        inspect_model(str(folder))
+
+
 @pytest.mark.parametrize(
     ("damage", "pattern"),
     [

@@ -241,6 +241,46 @@ def test_linear_merge_of_sharded_inputs_loads_and_records_every_parent(models, t
     assert "0.25" in card and "0.75" in card
 
 
+def test_a_merge_of_one_models_fine_tunes_loads_one_tokenizer_and_never_a_whole_model(models, tmp_path, monkeypatch):
+    """Preflight and merge read each input's tokenizer files, not its tokenizer, when they are identical;
+    the written folder is checked without loading it (it still loads)."""
+    from transformers import AutoModelForCausalLM
+
+    from lifecycle.methods.merge import pipeline
+    from lifecycle.model.tensors import ShardedWriter
+
+    loaded: list[str] = []
+    load = pipeline._load_tokenizer
+    monkeypatch.setattr(pipeline, "_load_tokenizer", lambda source: loaded.append(source) or load(source))
+
+    def no_full_load(self):
+        raise AssertionError("a weight merge must not load the whole output back")
+
+    monkeypatch.setattr(ShardedWriter, "_verify", no_full_load)
+    out = tmp_path / "merged"
+    _run({"merge_method": "task_arithmetic", "base_model": str(models["base"]), "output": str(out),
+          "models": [{"model": str(models["a"]), "parameters": {"weight": 0.5}},
+                     {"model": str(models["b"]), "parameters": {"weight": 0.5}}]})
+    assert loaded == [str(models["base"])]  # the output's tokenizer, once
+    monkeypatch.undo()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(model.state_dict()["model.norm.weight"], _state(out)["model.norm.weight"])
+
+
+def test_the_written_folder_is_refused_when_a_tensor_is_missing(models, tmp_path):
+    from lifecycle.model.tensors import ShardedWriter, TensorReader
+
+    with TensorReader(models["a"]) as reader:
+        config = reader.config
+        with ShardedWriter(tmp_path / "out") as writer:
+            for name in reader.keys():
+                if name != "model.norm.weight":
+                    writer.add(name, reader.get(name))
+            with pytest.raises(LifecycleError, match="written checkpoint is not complete: .*model.norm.weight"):
+                writer.finish(config, verify="structure")
+    assert not (tmp_path / "out").exists()
+
+
 def test_ties_and_slerp_with_filters_on_whole_models(models, tmp_path):
     base, a, b = _state(models["base"]), _state(models["a"]), _state(models["b"])
     out = merge_models({"merge_method": "ties", "base_model": str(models["base"]),

@@ -25,7 +25,7 @@ from lifecycle.methods.merge.options import MergeOptions
 def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None:
     from lifecycle import preflight as pf
     from lifecycle.methods.merge.common import merge_spec
-    from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers, check_compatible, check_layer_ranges, check_sources
+    from lifecycle.methods.merge.pipeline import _open_readers, check_compatible, check_layer_ranges, check_sources, checked_tokenizers
 
     pf.check_output(opts.output, overwrite=opts.overwrite)
     check_sources(opts)
@@ -48,7 +48,8 @@ def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None
         pf.model_info(source)
     readers = _open_readers(sources)
     try:
-        check_compatible(readers, {s: _load_tokenizer(s) for s in sources})
+        check_compatible(readers)
+        checked_tokenizers(sources, [])
         check_layer_ranges(opts, readers)
     finally:
         for reader in readers.values():

@@ -4,8 +4,11 @@ whether its files are consistent (headers readable, shapes matching the config).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -86,16 +89,67 @@ def inspect_model(
     location, gguf_file = resolve_model_spec(spec)
     local = Path(location).expanduser()
     if gguf_file:
-        return _inspect_gguf(local / gguf_file, "builtin" if builtin else "gguf", trust_remote_code, check_architecture)
+        path = local / gguf_file
+        return _remembered(("gguf", str(path), builtin, trust_remote_code, check_architecture), _file_signature(path),
+                           lambda: _inspect_gguf(path, "builtin" if builtin else "gguf", trust_remote_code, check_architecture))
     if local.exists():
         if not local.is_dir():
             if _read_magic(local) == b"GGUF":
                 raise LifecycleError(f"{spec} is a GGUF file without the .gguf suffix: pass it as gguf:{spec}")
             raise LifecycleError(f"{spec} is a file, not a model folder or a .gguf file")
-        return _inspect_folder(local, allow_pickle, trust_remote_code, check_architecture)
+        return _remembered(("folder", str(local.resolve()), allow_pickle, trust_remote_code, check_architecture),
+                           _folder_signature(local),
+                           lambda: _inspect_folder(local, allow_pickle, trust_remote_code, check_architecture))
     if _looks_like_hub_id(location):
         return _inspect_hub(location, revision, trust_remote_code, check_architecture)
     raise LifecycleError(f"model not found: {spec} (no such folder, GGUF file or Hub id)")
+
+
+# A command inspects the same input several times (preflight, the method's own checks, the load), and
+# a folder inspection reads every header and builds the model on the meta device: remember the answer
+# while the files are unchanged (same names, sizes and modification times).
+_REMEMBERED: dict[tuple, tuple[Any, ModelInfo]] = {}
+
+
+def _file_signature(path: Path) -> Any:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _folder_signature(folder: Path) -> Any:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    signature = []
+    for entry in entries:
+        try:
+            st = entry.stat()
+        except OSError:
+            return None
+        signature.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(sorted(signature))
+
+
+def _remembered(key: tuple, signature: Any, inspect: Any) -> ModelInfo:
+    if signature is not None:
+        hit = _REMEMBERED.get(key)
+        if hit is not None and hit[0] == signature:
+            return _copy(hit[1])
+    info = inspect()  # errors are not remembered: a fixed input is inspected again
+    if signature is not None:
+        if len(_REMEMBERED) > 64:
+            _REMEMBERED.clear()
+        _REMEMBERED[key] = (signature, info)
+    return _copy(info)
+
+
+def _copy(info: ModelInfo) -> ModelInfo:
+    """Callers own what they get: a change to its config or lineage never reaches the remembered one."""
+    return dataclasses.replace(info, config=copy.deepcopy(info.config), lineage=copy.deepcopy(info.lineage))
 
 
 def _inspect_gguf(path: Path, kind: str, trust_remote_code: bool, check_architecture: bool) -> ModelInfo:

@@ -309,11 +309,15 @@ class ShardedWriter:
         (self.tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
 
     def finish(self, config: Any, *, tokenizer: Any = None, lineage: dict | None = None,
-               extra_files: Mapping[str, str | bytes | Path] | None = None, verify: bool = True) -> Path:
+               extra_files: Mapping[str, str | bytes | Path] | None = None, verify: bool | str = True) -> Path:
         """Write config, tokenizer and card, check the folder loads completely, move it into place.
 
         ``config``: a transformers config or a dict. ``extra_files``: file name -> text, bytes, or a
-        :class:`~pathlib.Path` to copy. Returns the output folder.
+        :class:`~pathlib.Path` to copy. ``verify``: True loads the folder with ``from_pretrained``;
+        ``"structure"`` checks the same things without reading the weights back (the config builds
+        the model on the meta device, every tensor it needs is stored with its shape, every shard's
+        header and data are complete, the tokenizer is there), for writers that stream large models
+        and must not hold one whole at the end. Returns the output folder.
         """
         with self._guard():
             if self._pending:
@@ -339,13 +343,31 @@ class ShardedWriter:
                     target.write_bytes(content)
                 else:
                     target.write_text(content)
-            if verify:
+            if verify == "structure":
+                self._verify_structure()
+            elif verify:
                 self._verify()
             for written in self.tmp.rglob("*"):  # safetensors writes 0600 files; checkpoints are shareable
                 written.chmod(0o755 if written.is_dir() else 0o644)
             self._move_into_place()
             self._state = "finished"
         return self.output
+
+    def _verify_structure(self) -> None:
+        from transformers import AutoConfig
+
+        from lifecycle.model.files import check_safetensors_folder
+        from lifecycle.model.inspect import _compare_with_config
+
+        try:
+            tensors = check_safetensors_folder(self.tmp)
+            try:
+                config = AutoConfig.from_pretrained(self.tmp)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise LifecycleError(f"its config.json does not load: {_first_line(exc)}") from None
+            _compare_with_config(self.tmp, config, tensors, trust_remote_code=False)
+        except LifecycleError as exc:
+            raise LifecycleError(f"written checkpoint is not complete: {exc}; not written") from None
 
     def _verify(self) -> None:
         """Load the folder the standard way; every parameter must come from the files."""

@@ -84,7 +84,7 @@ def _expert_config(raw: dict) -> dict:
     return {k: v for k, v in raw.items() if k not in _VOLATILE_KEYS}
 
 
-def check_experts(readers: dict[str, Any], tokenizers: dict[str, Any] | None) -> None:
+def check_experts(readers: dict[str, Any], tokenizers: dict[str, Any] | None = None) -> None:
     """Experts can be combined: known full-attention architectures, one vocabulary, one tokenizer."""
     from lifecycle.methods.merge.pipeline import _differs, check_tokenizers
     from lifecycle.model.remote_code.modeling_lifecycle_logit_moe import _check_full_attention
@@ -108,12 +108,13 @@ def check_experts(readers: dict[str, Any], tokenizers: dict[str, Any] | None) ->
 
 def check_logit_moe(opts: Any) -> None:
     """The preflight: everything :func:`build_logit_moe` checks, without writing anything."""
-    from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers
+    from lifecycle.methods.merge.pipeline import _open_readers, checked_tokenizers
 
     experts, *_ = moe_settings(opts)
     readers = _open_readers(experts)
     try:
-        check_experts(readers, {e: _load_tokenizer(e) for e in experts})
+        check_experts(readers)
+        checked_tokenizers(experts, [])
     finally:
         for reader in readers.values():
             reader.close()
@@ -201,7 +202,7 @@ def _scores(model: Any, tokenizer: Any, eval_opts: Any) -> Any:
 
 def _write_logit_moe(opts: Any) -> Path:
     from lifecycle.methods.merge.options import parse_size
-    from lifecycle.methods.merge.pipeline import _load_tokenizer, _open_readers
+    from lifecycle.methods.merge.pipeline import _open_readers, checked_tokenizers
     from lifecycle.model.card import new_lineage
     from lifecycle.model.inspect import inspect_model
     from lifecycle.model.logit_moe import MODEL_TYPE, MODELING_FILE, register
@@ -213,8 +214,8 @@ def _write_logit_moe(opts: Any) -> Path:
     infos = {e: inspect_model(e) for e in experts}
     readers = _open_readers(experts)
     try:
-        tokenizers = {e: _load_tokenizer(e) for e in experts}
-        check_experts(readers, tokenizers)
+        check_experts(readers)
+        tokenizers = checked_tokenizers(experts, [experts[0]])
         first = readers[experts[0]]
         dtype = _output_dtype(opts, first)
         dtype_name = str(dtype).removeprefix("torch.")

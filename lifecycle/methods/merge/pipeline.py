@@ -81,6 +81,44 @@ def _load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
+# Files that define a tokenizer: byte-identical sets give identical tokenizers without loading them.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "merges.txt", "chat_template.jinja", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                    "sentencepiece.bpe.model", "tekken.json")
+
+
+def tokenizer_fingerprint(source: str) -> str | None:
+    """SHA-256 of a model folder's tokenizer files; None where they must be loaded to be compared (GGUF, Hub)."""
+    import hashlib
+
+    from lifecycle.model.inspect import inspect_model
+
+    info = inspect_model(source)
+    if info.kind != "folder":
+        return None
+    digest, found = hashlib.sha256(), False
+    for name in _TOKENIZER_FILES:
+        path = Path(info.location) / name
+        if path.is_file():
+            found = True
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest() if found else None
+
+
+def checked_tokenizers(sources: list[str], wanted: list[str]) -> dict[str, Any]:
+    """Check that the sources' tokenizers agree (:func:`check_tokenizers`) and return those of ``wanted``.
+
+    Folders whose tokenizer files are byte-identical agree without loading anything, so a merge of
+    fine-tunes of one model loads one tokenizer, not one per input; otherwise every tokenizer is
+    loaded and compared token by token."""
+    prints = [tokenizer_fingerprint(s) for s in sources]
+    if None not in prints and len(set(prints)) == 1:
+        return {s: _load_tokenizer(s) for s in dict.fromkeys(wanted)}
+    tokenizers = {s: _load_tokenizer(s) for s in sources}
+    check_tokenizers(tokenizers)
+    return {s: tokenizers[s] for s in wanted}
+
+
 def check_compatible(readers: dict[str, Any], tokenizers: dict[str, Any] | None = None) -> None:
     """The models can be merged: same architecture and sizes, same tensors and shapes, same tokenizer.
     Each difference is one line naming the field, the tensor or the token, and each model's value."""
@@ -249,12 +287,15 @@ def merge_models(config: dict | MergeOptions, output: str | Path | None = None, 
     infos = {s: inspect_model(s) for s in sources}
     readers = _open_readers(sources)
     try:
-        tokenizers = {s: _load_tokenizer(s) for s in sources}
-        check_compatible(readers, tokenizers if check_tokenizers_too else None)
-        check_layer_ranges(opts, readers)
-        plan = plan_merge(opts, readers)
+        check_compatible(readers)
         choice = opts.tokenizer_choice
         tok_source = (opts.base_model or sources[0]) if choice in (None, "base") else choice
+        if check_tokenizers_too:
+            tokenizers = checked_tokenizers(sources, [tok_source])
+        else:
+            tokenizers = {tok_source: _load_tokenizer(tok_source)}
+        check_layer_ranges(opts, readers)
+        plan = plan_merge(opts, readers)
         if opts.random_seed is not None:
             torch.manual_seed(opts.random_seed)
         method = _method(opts.merge_method)
@@ -264,6 +305,8 @@ def merge_models(config: dict | MergeOptions, output: str | Path | None = None, 
             for name in plan.names:
                 writer.add(name, _merge_tensor(plan, readers, name, method, zeros))
             config_out = dict(readers[plan.sources[plan.base_index or 0]].config)
+            for reader in readers.values():  # every tensor is merged: release the inputs' mapped pages
+                reader.close()
             dtype_name = str(plan.out_dtype).removeprefix("torch.")
             config_out["torch_dtype"] = dtype_name
             if "dtype" in config_out:
@@ -276,7 +319,8 @@ def merge_models(config: dict | MergeOptions, output: str | Path | None = None, 
             lineage["merge"] = {"method": opts.merge_method, "base_model": opts.base_model,
                                 "parents": parent_weights(opts), "dtype": dtype_name,
                                 "tokenizer_source": tok_source, "all_zero_tensors": zeros}
-            out = writer.finish(config_out, tokenizer=tokenizers[tok_source], lineage=lineage)
+            # checked without reading the weights back, so the end of a merge never holds a whole model
+            out = writer.finish(config_out, tokenizer=tokenizers[tok_source], lineage=lineage, verify="structure")
     finally:
         for reader in readers.values():
             reader.close()
@@ -308,4 +352,5 @@ def _merge_tensor(plan: MergePlan, readers: dict[str, Any], name: str, method: A
     return out
 
 
-__all__ = ["MergePlan", "check_compatible", "check_sources", "check_tokenizers", "merge_models", "plan_merge"]
+__all__ = ["MergePlan", "check_compatible", "check_sources", "check_tokenizers", "checked_tokenizers", "merge_models",
+           "plan_merge", "tokenizer_fingerprint"]
