@@ -250,21 +250,24 @@ def task_arithmetic_merge(job: TensorJob, *, sparsify: str | None, consensus: bo
     w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
     while w.dim() < stacked.dim():
         w = w.unsqueeze(-1)
-    weighted = stacked * w
+    # stacked, weighted and mixed are this function's own temporaries: updated in place, which saves
+    # a full-size allocation per step on large tensors
+    weighted = stacked.mul_(w)
     if consensus:
         mask = sign_consensus(weighted, torch.int8 if job.params.get("int8_mask") else base.dtype)
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (w * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
+        mixed = weighted.mul_(mask).sum(dim=0)
+        divisor = (w * mask).sum(dim=0) if normalize else None
+        if divisor is not None:
+            divisor[divisor == 0] = 1
     else:
         mixed = weighted.sum(dim=0)
         divisor = w.sum(dim=0)
         divisor[divisor.abs() < 1e-8] = 1
     if normalize:
-        mixed = mixed / divisor
+        mixed.div_(divisor)
     if lam != 1:
-        mixed = mixed * lam
-    return (base + mixed).to(base.dtype)
+        mixed.mul_(lam)
+    return mixed.add_(base).to(base.dtype)
 
 
 def gta_parameters(normalize: bool, rescale: bool) -> tuple[ParamDef, ...]:
