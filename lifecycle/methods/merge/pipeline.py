@@ -200,17 +200,16 @@ class MergePlan:
     work_dtype: torch.dtype | None = None
 
 
-def _natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in name.split(".")]
-
-
 def plan_merge(opts: MergeOptions, readers: dict[str, Any]) -> MergePlan:
     spec = merge_spec(opts.merge_method)
     sources = opts.sources()
     base_index = sources.index(opts.base_model) if opts.base_model is not None else None
     first = readers[sources[0]]
     num_layers = int(first.config.get("num_hidden_layers") or 0)
-    names = sorted(first.keys(), key=_natural_key)
+    # mergekit runs its per-tensor tasks in the lexicographic order of the tensor names (layers.10
+    # before layers.2); visiting them in the same order gives every tensor the same random draws
+    # (DARE's masks) from the same seed
+    names = sorted(first.keys())
     settings = opts.model_settings()
     plan = MergePlan(opts=opts, spec=spec, sources=sources, base_index=base_index, names=names)
     floating = [n for n in names if first.dtype(n).is_floating_point]
