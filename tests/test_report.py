@@ -140,6 +140,9 @@ def test_checkpoint_report_covers_its_ancestors_only(run_dir, tmp_path):
     table = page.split('id="score-table"', 1)[1].split("</table>", 1)[0]
     assert [n for n in ("base", "pruned", "ternary", "expert", "merged") if f"<td>{n}</td>" in table] == ["base", "pruned", "ternary"]
     assert "lifecycle report: ternary" in page
+    from lifecycle.report import collect
+
+    assert all(s.seconds is not None for s in collect(run_dir / "ternary").steps)  # from the run's state file
 
 
 def test_merge_report_shows_both_parents_and_their_weights(run_dir, tmp_path):

@@ -80,6 +80,22 @@ def _is_checkpoint(folder: Path) -> bool:
     return (folder / LINEAGE_FILE).is_file()
 
 
+def recipe_steps(run: Path) -> dict[Path, tuple[str, float | None]]:
+    """Checkpoint folder → (recipe step name, seconds the step took), from a run folder's state file;
+    empty when ``run`` is not a recipe run."""
+    state_file = run / RECIPE_STATE_FILE
+    try:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        state = {}
+    steps: dict[Path, tuple[str, float | None]] = {}
+    for name, entry in state.items() if isinstance(state, dict) else []:
+        output = entry.get("output") if isinstance(entry, dict) else None
+        if output and _is_checkpoint(Path(output)):
+            steps[Path(output).resolve()] = (str(name), entry.get("seconds"))
+    return steps
+
+
 def find_checkpoints(path: str | Path) -> tuple[list[Path], dict[Path, tuple[str, float | None]], Path]:
     """The checkpoints a report covers: ``path`` itself when it is one, else a recipe run's step outputs
     (in recipe order), else the checkpoints one or two folders below it.
@@ -95,17 +111,7 @@ def find_checkpoints(path: str | Path) -> tuple[list[Path], dict[Path, tuple[str
     root = root.resolve()
     if _is_checkpoint(root):
         return [root], {}, root
-    steps: dict[Path, tuple[str, float | None]] = {}
-    state_file = root / RECIPE_STATE_FILE
-    if state_file.is_file():
-        try:
-            state = json.loads(state_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            state = {}
-        for name, entry in state.items() if isinstance(state, dict) else []:
-            output = entry.get("output") if isinstance(entry, dict) else None
-            if output and _is_checkpoint(Path(output)):
-                steps[Path(output).resolve()] = (str(name), entry.get("seconds"))
+    steps = recipe_steps(root)
     if steps:
         return list(steps), steps, root
     for pattern in ("*/" + LINEAGE_FILE, "*/*/" + LINEAGE_FILE):
@@ -131,8 +137,9 @@ def _same_folder(spec: str, output: str) -> bool:
 
 
 class _Builder:
-    def __init__(self, recipe_steps: dict[Path, tuple[str, float | None]]):
-        self.recipe_steps = recipe_steps
+    def __init__(self, known: dict[Path, tuple[str, float | None]]):
+        self.recipe_steps = known
+        self.runs_read: set[Path] = set()
         self.steps: dict[str, Step] = {}
 
     def folder(self, folder: Path) -> str:
@@ -140,6 +147,9 @@ class _Builder:
         if key in self.steps:
             return key
         lineage = _read(folder)
+        if folder.parent not in self.runs_read:  # a checkpoint of a recipe run: its step name and time
+            self.runs_read.add(folder.parent)
+            self.recipe_steps = {**recipe_steps(folder.parent), **self.recipe_steps}
         name, seconds = self.recipe_steps.get(folder, (folder.name, None))
         step = Step(key=key, name=name, kind="folder", lineage=lineage, folder=folder, seconds=seconds)
         self.steps[key] = step  # before the parents: a lineage that names itself cannot recurse forever
@@ -178,4 +188,4 @@ def collect(path: str | Path) -> Lineage:
     return Lineage(steps=list(builder.steps.values()), targets=targets, source=root, run_name=run_name)
 
 
-__all__ = ["Lineage", "RECIPE_STATE_FILE", "Step", "collect", "find_checkpoints"]
+__all__ = ["Lineage", "RECIPE_STATE_FILE", "Step", "collect", "find_checkpoints", "recipe_steps"]
