@@ -322,6 +322,19 @@ def push(
                          "commit_message": commit_message, "revision": revision, "create_pr": create_pr or None}, [])
 
 
+@app.command()
+def report(
+    source: Path = typer.Argument(..., metavar="RUN_OR_CHECKPOINT", help="Checkpoint folder (with lifecycle.json) or recipe run folder (runs/<name>)."),
+    output: Path = typer.Option(Path("report.html"), "--output", "-o", help="HTML file to write: one self-contained page, images inline."),
+    png: Optional[Path] = typer.Option(None, "--png", help="Also write every figure as a PNG file into this folder."),
+    title: Optional[str] = typer.Option(None, help="Page title (default: the run's or the checkpoint's name)."),
+) -> None:
+    """One HTML page of a model's life: lineage graph, loss curves, scores, accuracy matrix, pruning plan, bit budget, merge weights."""
+    out = run_command("report", {"model": str(source), "output": str(output), "png": str(png) if png else None,
+                                 "title": title}, [])
+    _done(out)
+
+
 @app.command(name="options")
 def show_options(command: str = typer.Argument(..., help="A command name, e.g. train.")) -> None:
     """Print every option of a command with its default, as YAML usable with --options."""

@@ -1,9 +1,9 @@
 """How every command ends: score the output, then write it atomically with its card and records.
 
 :func:`finish_run` is the one exit of every command that writes a model: optional lm-eval scoring
-(scores into the lineage and ``eval_results.json``), training metrics and the loss-curve PNG, any
-files the method adds (a pruning plan, an accuracy matrix), then :func:`lifecycle.model.io.save_checkpoint`:
-temp folder → reload check → rename.
+(scores into the lineage and ``eval_results.json``), training metrics, the loss curve (thinned into the
+lineage, whole in ``metrics.jsonl`` and ``loss.png``), any files the method adds (a pruning plan, an
+accuracy matrix), then :func:`lifecycle.model.io.save_checkpoint`: temp folder → reload check → rename.
 """
 
 from __future__ import annotations
@@ -63,6 +63,34 @@ def _write_extra_files(folder: Path, files: dict[str, Any]) -> None:
             path.write_text(json.dumps(content, indent=2, default=str))
 
 
+# A card keeps at most this many points of its loss curve: enough for a readable plot, and small enough
+# that a descendant's card, which embeds every ancestor's lineage, stays a few kilobytes per ancestor.
+CURVE_POINTS = 200
+
+
+def compact_curve(rows: list[dict], points: int = CURVE_POINTS) -> dict[str, list]:
+    """The loss curve as ``{"step", "tokens", "train_loss", "val_loss"}`` columns for the lineage.
+
+    ``metrics.jsonl`` holds every logged row, but only while the folder exists; the lineage is what a
+    descendant embeds, so ``lifecycle report`` can still draw an ancestor's curve after its folder is
+    gone. Train-loss rows are thinned evenly to ``points`` (the last one always kept); every held-out
+    evaluation is kept, as there are few. Losses are rounded to 5 significant digits.
+    """
+    def num(value: Any) -> float | None:
+        return float(f"{value:.5g}") if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    train = [r for r in rows if num(r.get("train_loss")) is not None]
+    stride = max(1, -(-len(train) // points))
+    keep = {id(r) for r in train[::stride]} | ({id(train[-1])} if train else set())
+    kept = [r for r in rows if id(r) in keep or num(r.get("val_loss")) is not None]
+    return {
+        "step": [r.get("step") for r in kept],
+        "tokens": [r.get("tokens") for r in kept],
+        "train_loss": [num(r.get("train_loss")) if id(r) in keep else None for r in kept],
+        "val_loss": [num(r.get("val_loss")) for r in kept],
+    }
+
+
 def finish_run(
     model: Any,
     tokenizer: Any,
@@ -117,6 +145,8 @@ def finish_run(
             "seconds": round(result.seconds, 1),
         })
     rows = history if history is not None else (result.history if result is not None else [])
+    if rows:
+        lineage["curve"] = compact_curve(rows)
 
     def extra(tmp: Path) -> None:
         if rows:
@@ -136,4 +166,4 @@ def finish_run(
     return save_checkpoint(model, tokenizer, output, lineage=lineage, overwrite=overwrite, write_extra=extra)
 
 
-__all__ = ["default_run_dir", "finish_run"]
+__all__ = ["CURVE_POINTS", "compact_curve", "default_run_dir", "finish_run"]

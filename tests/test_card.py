@@ -135,6 +135,25 @@ def test_relation_outside_hub_vocabulary_is_dropped():
     assert front["base_model"] == BASE and "base_model_relation" not in front
 
 
+def test_merge_card_lists_every_hub_model_it_came_from():
+    """The Hub's model tree takes a list of base models for a merge: the Hub parents, and for local
+    parents the Hub models they descend from; one base stays a string, local paths stay out."""
+    train, grow, _ = _chain()  # grow descends from BASE through a local folder
+    other = new_lineage(command="train", parents=["Org/other-model"], options={}, relation="finetune")
+    local = new_lineage(command="merge", method="linear", parents=["/runs/a", "/runs/b"], parent_lineages=[grow, other],
+                        relation="merge")
+    local["eval"] = {"lc_mc": {"acc,none": 0.5}}
+    text = render_model_card(local)
+    data = ModelCard(text).data
+    assert data.base_model == [BASE, "Org/other-model"] and data.to_dict()["base_model_relation"] == "merge"
+    assert [r.metric_value for r in data.eval_results] == [0.5]  # model-index beside it
+    hub = new_lineage(command="merge", parents=["Org/a", "Org/b"], relation="merge")
+    assert _front(render_model_card(hub))["base_model"] == ["Org/a", "Org/b"]
+    one = new_lineage(command="merge", parents=["/runs/a", "/runs/b"], parent_lineages=[train, train], relation="merge")
+    assert _front(render_model_card(one))["base_model"] == BASE
+    assert "base_model" not in _front(render_model_card(new_lineage(command="merge", parents=["/x", "/y"], relation="merge")))
+
+
 def test_options_that_yaml_cannot_represent_still_render(tmp_path):
     lineage = new_lineage(command="train", options={"output": tmp_path / "out", "lr": np.float32(0.5), "steps": (1, 2)})
     text = render_model_card(lineage)

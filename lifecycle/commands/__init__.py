@@ -35,7 +35,7 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 # Modules under lifecycle/commands/ that register a command, in the order `lifecycle ls` lists them.
-COMMAND_MODULES = ("train", "eval", "grow", "prune", "quantize", "continual", "merge", "vpretrain", "push")
+COMMAND_MODULES = ("train", "eval", "grow", "prune", "quantize", "continual", "merge", "vpretrain", "push", "report")
 
 
 def register(name: str, options: Type[CommandOptions], help: str, model_field: str | None = "model",

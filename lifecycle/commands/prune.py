@@ -86,6 +86,10 @@ def _prune_and_save(opts: PruneOptions) -> Path:
         "peak_rss_mib": report["memory"]["peak_rss_mib"],
         **({"recovery": report["recovery"]} if report.get("recovery") else {}),
     }
+    # Per-layer widths before and after, in the lineage rather than only in prune_plan.json, so that a
+    # descendant's card still carries the plan when this folder is gone (`lifecycle report` draws it).
+    lineage["prune_plan"] = {"before": report["layer_shapes_before"], "after": report["layer_shapes"],
+                             "drop_layers": list(plan_json.get("drop_layers") or [])}
     return finish_run(model, loaded.tokenizer, opts.output, lineage, overwrite=opts.overwrite, eval_after=opts.eval,
                       history=history, extra_files={"prune_plan.json": plan_json, "prune_report.json": report},
                       plot_title=f"prune ({opts.method}): recovery")

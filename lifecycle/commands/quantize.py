@@ -152,7 +152,8 @@ def _quantize_and_save(opts: QuantizeOptions) -> Path:
         data={"qat": data.describe()} if data is not None else {},
         tokens_seen=training.get("tokens_seen"),
     )
-    lineage["metrics"] = {k: report[k] for k in ("method", "export", "converted_linears") if report.get(k) is not None}
+    lineage["metrics"] = {k: report[k] for k in ("method", "export", "converted_linears", "bit_budget")
+                          if report.get(k) is not None}
     if training:
         lineage["metrics"]["training"] = training
     with eager_bitnet():

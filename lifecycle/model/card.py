@@ -8,7 +8,9 @@ from the lineage, so the two never disagree.
 Lineage fields (all optional): ``command``, ``method``, ``parents`` (list of model specs),
 ``base_model``, ``base_model_relation``, ``recipe`` (resolved options), ``recipe_hash``, ``data``,
 ``tokens_seen``, ``seed``, ``versions``, ``metrics``, ``eval_records``, ``eval``, ``eval_settings``,
-``history`` (the parents' lineage, newest first).
+``curve`` (the loss curve, thinned: :func:`lifecycle.finish.compact_curve`), ``prune_plan`` (per-layer
+widths before and after pruning), ``merge`` (a merge's parents and weights), ``history`` (the parents'
+lineage, newest first). ``lifecycle report`` draws all of these, for ancestors too.
 
 Evaluations: every lm-eval run is kept, with its own settings, as one entry of ``eval_records``
 (:func:`add_eval_record`). ``eval`` (task → metric → value) and ``eval_settings`` are the *headline*
@@ -182,6 +184,21 @@ def read_lineage(folder: str | Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _hub_bases(lineage: dict) -> list[str]:
+    """The Hub ids for ``base_model``: the lineage's base, or for a merge every model it came from.
+
+    A merge lists its parents that are Hub ids, and for local parents the Hub models they descend from
+    (their ancestors' ``base_model``), so the Hub's model tree shows every side of the merge; the Hub
+    takes a list there. Any other command has one base.
+    """
+    if lineage.get("base_model_relation") != "merge":
+        base = lineage.get("base_model")
+        return [base] if _is_hub_id(base) else []
+    found = [*(lineage.get("parents") or []), lineage.get("base_model")]
+    found += [entry.get("base_model") for entry in lineage.get("history") or [] if isinstance(entry, dict)]
+    return list(dict.fromkeys(spec for spec in found if _is_hub_id(spec)))
+
+
 def _front_matter(lineage: dict) -> dict:
     tags = ["lifecycle"]
     if lineage.get("command"):
@@ -189,10 +206,10 @@ def _front_matter(lineage: dict) -> dict:
     if lineage.get("method"):
         tags.append(str(lineage["method"]))
     meta: dict[str, Any] = {"library_name": "transformers", "tags": tags}
-    base = lineage.get("base_model")
+    base = _hub_bases(lineage)
     # Only Hub ids make sense as base_model on the Hub; local paths are kept in the body.
-    if _is_hub_id(base):
-        meta["base_model"] = base
+    if base:
+        meta["base_model"] = base if len(base) > 1 else base[0]
         if lineage.get("base_model_relation") in HUB_RELATIONS:
             meta["base_model_relation"] = lineage["base_model_relation"]
     results = []

@@ -77,6 +77,18 @@ def matrix_table(tasks: list[str], R: Matrix, zero_shot: list[float | None] | No
 
 def heatmap_png(tasks: list[str], R: Matrix, path: str | Path, title: str, joint: bool = False) -> Path:
     """The matrix as a heatmap PNG (rows: after training task i; columns: tested on task j)."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(tasks, R, title, joint=joint)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def heatmap_figure(tasks: list[str], R: Matrix, title: str, joint: bool = False) -> Any:
+    """The heatmap as a matplotlib figure (the caller saves and closes it): ``lifecycle report`` embeds
+    the same picture as the continual command writes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,11 +111,8 @@ def heatmap_png(tasks: list[str], R: Matrix, path: str | Path, title: str, joint
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-__all__ = ["average_accuracy", "backward_transfer", "forgetting", "forward_transfer", "heatmap_png", "matrix_table",
+__all__ = ["average_accuracy", "backward_transfer", "forgetting", "forward_transfer", "heatmap_figure", "heatmap_png", "matrix_table",
            "summary"]

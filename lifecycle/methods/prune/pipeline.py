@@ -173,6 +173,7 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
     adapter = adapter_for(model)
     source_family(model.config)
     before = _counts(adapter)
+    shapes_before = layer_shapes(model).as_dict()  # the model is pruned in place
     plan = load_plan_file(opts.plan, adapter) if opts.plan else None
     if plan is not None:
         target = Costs.of(adapter).params_after(current_plan(adapter), plan)
@@ -254,6 +255,7 @@ def prune_model(opts: PruneOptions, loaded: Any, *, log: Callable[[str], None] =
         "decoder_kept": round(pruned_counts["non_embedding"] / before["non_embedding"], 4),
         "checkpoint_form": done.kind,
         "checkpoint_form_reason": done.reason,
+        "layer_shapes_before": shapes_before,
         "layer_shapes": layer_shapes(done.model).as_dict(),
         "calibration": calib.describe(),
         "pruning_seconds": round(prune_seconds, 1),

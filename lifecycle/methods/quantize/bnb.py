@@ -56,3 +56,6 @@ def quantize_nf4(ctx: pipeline.QuantizeContext) -> dict:
                  summary="post-training 8-bit (bitsandbytes LLM.int8), no training")
 def quantize_int8(ctx: pipeline.QuantizeContext) -> dict:
     return _bnb_quantize(ctx, "int8")
+
+
+pipeline.WEIGHT_BITS.update({"bnb-nf4": 4, "bnb-int8": 8})

@@ -10,6 +10,7 @@ cannot store, the method's own checks (``check(opts)`` on its options model, whe
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,8 @@ def quantize_model(opts: QuantizeOptions, loaded: Any, *, log: Callable[[str], N
             raise LifecycleError(f"{name} has {out} output features, not a multiple of 4: the BitNet packed format "
                                  "cannot store it (export=online, or add it to modules_to_not_convert)")
     params_before = sum(p.numel() for p in model.parameters())
+    weight_dtype_bits = targets[0][1].weight.element_size() * 8
+    converted_params = sum(m.weight.numel() for _, m in targets)
     data = None
     needs_training = method.name in TRAINING_METHODS and opts.train.steps > 0
     if needs_training:
@@ -126,14 +129,36 @@ def quantize_model(opts: QuantizeOptions, loaded: Any, *, log: Callable[[str], N
         "modules_to_not_convert": sorted(set(opts.modules_to_not_convert) | {"lm_head"}),
         "params_before": params_before,
         "seconds": round(time.perf_counter() - started, 1),
+        "bit_budget": bit_budget(method.name, opts.export, converted_params, params_before, weight_dtype_bits),
         **method_report,
     }
     return ctx.model, report, ctx.history, data
 
 
+def bit_budget(method: str, export: str, converted: int, total: int, dtype_bits: int) -> list[dict]:
+    """Where the bits go: the quantized linears' weights and the parameters left at full precision.
+
+    ``bits`` is the information per weight (log2 3 ≈ 1.58 for ternary), ``stored_bits`` what the saved
+    checkpoint spends on it (2 for BitNet's packed export, 4 weights a byte; full precision for the online
+    and master exports). Scales and other per-block metadata are not counted. A method that declares
+    no bit width (a plugin) gets None. ``lifecycle report`` draws this; it is recorded in the lineage.
+    """
+    ternary = method in TERNARY_METHODS
+    bits = round(math.log2(3), 2) if ternary else WEIGHT_BITS.get(method)
+    stored = (2 if export.startswith("packed") else dtype_bits) if ternary else bits
+    rows = [{"part": "quantized linears", "params": converted, "bits": bits, "stored_bits": stored}]
+    if total > converted:
+        rows.append({"part": "full precision (embeddings, norms, lm_head, excluded modules)", "params": total - converted,
+                     "bits": dtype_bits, "stored_bits": dtype_bits})
+    return rows
+
+
 # Filled by the method modules: which methods produce ternary weights (export applies) and which train.
 TERNARY_METHODS: set[str] = set()
 TRAINING_METHODS: set[str] = set()
+# Bits per weight of the non-ternary methods (ternary ones have log2 3), for the bit budget.
+WEIGHT_BITS: dict[str, float] = {}
 
-__all__ = ["QuantizeContext", "QuantizeOptions", "already_quantized", "check_not_quantized", "linears_to_convert",
+
+__all__ = ["QuantizeContext", "bit_budget", "QuantizeOptions", "already_quantized", "check_not_quantized", "linears_to_convert",
            "quantize_model"]
