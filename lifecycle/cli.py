@@ -365,9 +365,8 @@ def report(
     title: Optional[str] = typer.Option(None, help="Page title (default: the run's or the checkpoint's name)."),
 ) -> None:
     """One HTML page of a model's life: lineage graph, loss curves, scores, accuracy matrix, pruning plan, bit budget, merge weights."""
-    out = run_command("report", {"model": str(source), "output": str(output), "png": str(png) if png else None,
-                                 "title": title}, [])
-    _done(out)
+    run_command("report", {"model": str(source), "output": str(output), "png": str(png) if png else None,
+                           "title": title}, [])
 
 
 @app.command(name="options")
@@ -385,7 +384,17 @@ def show_options(command: str = typer.Argument(..., help="A command name, e.g. t
         print("\n".join(recipe_options_yaml(list(commands))))
         return
     if command not in commands:
-        raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted([*commands, 'run']))})")
+        group = typer.main.get_command(app)
+        cli_only = getattr(group, "commands", {}).get(command)
+        if cli_only is None:
+            raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted(getattr(group, 'commands', commands)))})")
+        # ls, options: no options model, only their command-line arguments
+        lines = [f"# lifecycle {command}: command-line arguments only (no --options file)"]
+        for param in cli_only.params:
+            help_text = getattr(param, "help", None) or ""
+            lines.append(f"# {' / '.join(param.opts)}" + (f": {help_text}" if help_text else ""))
+        print("\n".join(lines if len(lines) > 1 else [*lines, "# (none)"]))
+        return
     options_cls = commands[command].options
     lines = options_yaml(options_cls)
     method_command = getattr(options_cls, "method_command", "")
