@@ -51,6 +51,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 OVERRIDES_HELP = "Option overrides as key=value, dotted for nested options (train.steps=100 eval.tasks=arc_easy); `lifecycle options COMMAND` lists them all."
+KEEP_RUN_HELP = "Keep the whole hidden run folder (.OUT.run) once OUT is written (default: only what resuming and auditing need)."
+CLEAN_HELP = "Remove the hidden run folder (.OUT.run) once OUT is written (default: keep only what resuming and auditing need)."
+
+
+def _run_folder(keep_run: bool, clean: bool) -> Optional[str]:
+    """``--keep-run`` / ``--clean`` as the ``run_folder`` option (None: the options file or default decides)."""
+    if keep_run and clean:
+        raise LifecycleError("--keep-run and --clean contradict each other; give one")
+    return "keep" if keep_run else "clean" if clean else None
 
 
 def build_options(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None):
@@ -65,12 +74,25 @@ def build_options(command: str, flags: dict, overrides: list[str], options_file:
     return cmd, validate(command, values)
 
 
+# Commands whose own output is their summary (push lists the files it sent).
+_OWN_SUMMARY = {"push"}
+
+
 def run_command(command: str, flags: dict, overrides: list[str], options_file: Optional[Path] = None) -> Path:
+    """Validate, preflight, run; then the shared end-of-command summary of what was written."""
+    import time
+
     from lifecycle.preflight import run_preflight
 
+    started = time.perf_counter()
     cmd, opts = build_options(command, flags, overrides, options_file)
     run_preflight(cmd, opts)  # every check that needs no work, before any work
-    return cmd.run(opts)
+    out = cmd.run(opts)
+    if out is not None and command not in _OWN_SUMMARY:
+        from lifecycle.finish import print_summary
+
+        print_summary(out, time.perf_counter() - started)
+    return out
 
 
 def _maybe_relaunch(num_processes: int) -> None:
@@ -121,6 +143,8 @@ def train(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (train.steps)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint of this run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     deepspeed: Optional[str] = typer.Option(None, help="DeepSpeed ZeRO config JSON."),
     num_processes: int = typer.Option(1, "--num-processes", "-n", min=1, help="Processes (re-launches under accelerate)."),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
@@ -132,8 +156,8 @@ def train(
              "overwrite": overwrite or None, "deepspeed": deepspeed}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("train", flags, overrides or [], options)
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("train", flags, overrides or [], options)
 
 
 @app.command()
@@ -150,6 +174,8 @@ def grow(
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (train.steps; the total budget when growing from --config)."),
     plan: bool = typer.Option(False, "--plan", help="Print the G_stack growth plan (d, small model, saving) and exit."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -159,9 +185,8 @@ def grow(
              "order": order, "data": data, "plan": plan or None, "overwrite": overwrite or None}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("grow", flags, overrides or [], options)
-    if out is not None:
-        _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("grow", flags, overrides or [], options)
 
 
 @app.command()
@@ -178,6 +203,8 @@ def prune(
     data: Optional[str] = typer.Option(None, help="Recovery/calibration data: wikitext, shakespeare, a file/folder, or hf:NAME."),
     steps: Optional[int] = typer.Option(None, help="Recovery training steps (train.steps; 0 = prune only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -187,8 +214,8 @@ def prune(
              "data": data, "overwrite": overwrite or None}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("prune", flags, overrides or [], options)
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("prune", flags, overrides or [], options)
 
 
 @app.command()
@@ -200,6 +227,8 @@ def quantize(
     data: Optional[str] = typer.Option(None, help="QAT training data: wikitext, shakespeare, a file/folder, or hf:NAME."),
     steps: Optional[int] = typer.Option(None, help="QAT training steps (train.steps; 0 = convert only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -208,8 +237,8 @@ def quantize(
              "overwrite": overwrite or None}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("quantize", flags, overrides or [], options)
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("quantize", flags, overrides or [], options)
 
 
 @app.command()
@@ -222,6 +251,8 @@ def continual(
     limit: Optional[int] = typer.Option(None, help="Test items scored per task."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run (at the task and step where it stopped)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -230,8 +261,8 @@ def continual(
              "resume": resume or None, "overwrite": overwrite or None}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("continual", flags, overrides or [], options)
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("continual", flags, overrides or [], options)
 
 
 @app.command()
@@ -243,14 +274,16 @@ def merge(
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Base model (task vectors; slerp's t = 0)."),
     random_seed: Optional[int] = typer.Option(None, "--random-seed", help="Seed for DARE's random drop (as mergekit's --random-seed)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
     """Merge models from a mergekit YAML: weight merges (linear, task arithmetic, TIES, DARE, SLERP) tensor by tensor, a logit-averaging MoE (logit_moe), exact LoRA fusion (lora_concat, lora_svd) and ICM-Fusion (icm_fusion, EXPERIMENTAL: a reconstruction)."""
     flags = {"config": str(config) if config else None, "output": str(output), "merge_method": method,
              "models": list(model) if model else None, "base_model": base_model, "random_seed": random_seed,
              "overwrite": overwrite or None}
-    out = run_command("merge", flags, overrides or [])
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("merge", flags, overrides or [])
 
 
 @app.command()
@@ -263,6 +296,8 @@ def vpretrain(
     steps: Optional[int] = typer.Option(None, help="Learner optimizer steps (train.steps)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in the run folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the output folder if it exists."),
+    keep_run: bool = typer.Option(False, "--keep-run", help=KEEP_RUN_HELP),
+    clean: bool = typer.Option(False, "--clean", help=CLEAN_HELP),
     options: Optional[Path] = typer.Option(None, "--options", help="YAML file of options."),
     overrides: Optional[list[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
@@ -271,8 +306,8 @@ def vpretrain(
              "feedback": str(feedback) if feedback else None, "overwrite": overwrite or None, "resume": resume or None}
     if steps is not None:
         flags["train"] = {"steps": steps}
-    out = run_command("vpretrain", flags, overrides or [], options)
-    _done(out)
+    flags["run_folder"] = _run_folder(keep_run, clean)
+    run_command("vpretrain", flags, overrides or [], options)
 
 
 @app.command(name="eval")
@@ -330,9 +365,8 @@ def report(
     title: Optional[str] = typer.Option(None, help="Page title (default: the run's or the checkpoint's name)."),
 ) -> None:
     """One HTML page of a model's life: lineage graph, loss curves, scores, accuracy matrix, pruning plan, bit budget, merge weights."""
-    out = run_command("report", {"model": str(source), "output": str(output), "png": str(png) if png else None,
-                                 "title": title}, [])
-    _done(out)
+    run_command("report", {"model": str(source), "output": str(output), "png": str(png) if png else None,
+                           "title": title}, [])
 
 
 @app.command(name="options")
@@ -344,8 +378,23 @@ def show_options(command: str = typer.Argument(..., help="A command name, e.g. t
     from lifecycle.options import options_yaml
 
     commands = load_all()
+    if command == "run":  # a recipe file, not an options model
+        from lifecycle.recipe import recipe_options_yaml
+
+        print("\n".join(recipe_options_yaml(list(commands))))
+        return
     if command not in commands:
-        raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted(commands))})")
+        group = typer.main.get_command(app)
+        cli_only = getattr(group, "commands", {}).get(command)
+        if cli_only is None:
+            raise LifecycleError(f"unknown command '{command}' (known: {', '.join(sorted(getattr(group, 'commands', commands)))})")
+        # ls, options: no options model, only their command-line arguments
+        lines = [f"# lifecycle {command}: command-line arguments only (no --options file)"]
+        for param in cli_only.params:
+            help_text = getattr(param, "help", None) or ""
+            lines.append(f"# {' / '.join(param.opts)}" + (f": {help_text}" if help_text else ""))
+        print("\n".join(lines if len(lines) > 1 else [*lines, "# (none)"]))
+        return
     options_cls = commands[command].options
     lines = options_yaml(options_cls)
     method_command = getattr(options_cls, "method_command", "")
@@ -369,22 +418,21 @@ def list_commands() -> None:
     table.add_column("method")
     table.add_column("paper")
     table.add_column("what it does")
-    for name, cmd in load_all().items():
+    commands = load_all()
+    for name, cmd in commands.items():
         methods = methods_for(getattr(cmd.options, "method_command", "") or name)
-        table.add_row(name, "", "", cmd.help, style="bold")
+        table.add_row(name, "", cmd.paper, cmd.help, style="bold")
         for method in methods.values():
             label = method.name + (" (experimental)" if method.experimental else "")
             table.add_row("", label, method.paper, method.summary)
+    # The commands of the command line that are not in the registry (run, options, ls): every command is listed.
+    for info in app.registered_commands:
+        name = info.name or info.callback.__name__
+        if name not in commands:
+            table.add_row(name, "", "", (info.callback.__doc__ or "").strip().splitlines()[0], style="bold")
     from rich.console import Console
 
     Console(soft_wrap=True).print(table)
-
-
-def _done(out: Path) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, only the main process reports
-        from rich.console import Console
-
-        Console().print(f"[green]wrote[/green] {out}")
 
 
 def _quiet_libraries() -> None:
@@ -397,6 +445,9 @@ def _quiet_libraries() -> None:
 
     for name in ("DeepSpeed", "deepspeed", "accelerate", "datasets", "lm-eval", "lm_eval", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # DeepSpeed sets its logger back to WARNING when imported (accelerate imports it whenever it is
+    # installed) and then warns "Setting accelerator to CPU" on every CPU run; a filter outlives that.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def set_environment_defaults() -> None:

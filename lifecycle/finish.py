@@ -21,6 +21,47 @@ def default_run_dir(output: str | Path) -> Path:
     return out.parent / f".{out.name}.run"
 
 
+def tidy_run_dir(run_dir: str | Path, mode: str = "tidy", *, resumable: bool) -> None:
+    """The run folder of a finished output, as ``run_folder`` (``--keep-run`` / ``--clean``) says.
+
+    ``keep``: left as the run left it. ``clean``: removed. ``tidy`` (the default) keeps only what
+    resuming and auditing need: the newest complete ``checkpoints/step-N`` of each training run in it,
+    when ``resumable`` (the command can extend a finished run with a longer ``train.steps``), and
+    tracker logs (``logs/``, from ``train.report_to``); metrics rows, older checkpoints, intermediate
+    models and method state are in the output or no longer needed. An emptied folder is removed.
+    """
+    import shutil
+
+    run_dir = Path(run_dir)
+    if mode == "keep" or not run_dir.is_dir():
+        return
+    if mode == "clean":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    keep: set[Path] = {logs for logs in run_dir.rglob("logs") if logs.is_dir() and any(logs.iterdir())}
+    if resumable:
+        for folder in run_dir.rglob("checkpoints"):
+            steps = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()]
+            if steps:
+                keep.add(max(steps, key=lambda p: int(p.name.split("-")[1])))
+
+    def prune(folder: Path) -> None:
+        for child in folder.iterdir():
+            if child in keep:
+                continue
+            if child.is_dir() and not child.is_symlink() and any(k.is_relative_to(child) for k in keep):
+                prune(child)
+            elif child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+    if keep:
+        prune(run_dir)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def finished_already(opts: Any) -> bool:
     """``--resume`` on a finished output: a no-op that says so, when its settings are these.
 
@@ -36,7 +77,7 @@ def finished_already(opts: Any) -> bool:
     if not lineage_file.is_file():
         return False
     saved = json.loads(lineage_file.read_text()).get("options") or {}
-    ignore = {"resume", "resume_strict", "overwrite"}
+    ignore = {"resume", "resume_strict", "overwrite", "run_folder"}  # none of these changes the result
     now = {k: v for k, v in opts.model_dump(mode="json").items() if k not in ignore}
     saved = {k: v for k, v in saved.items() if k not in ignore}
     diff = differences(saved, now)
@@ -166,4 +207,84 @@ def finish_run(
     return save_checkpoint(model, tokenizer, output, lineage=lineage, overwrite=overwrite, write_extra=extra)
 
 
-__all__ = ["CURVE_POINTS", "compact_curve", "default_run_dir", "finish_run"]
+def _find_number(tree: Any, key: str) -> float | None:
+    """``tree[key]``, else the first ``key`` found in a nested dict (prune's ``recovery``, quantize's ``training``)."""
+    if not isinstance(tree, dict):
+        return None
+    value = tree.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    for child in tree.values():
+        found = _find_number(child, key)
+        if found is not None:
+            return found
+    return None
+
+
+def summary_lines(output: str | Path, seconds: float | None = None) -> list[str]:
+    """What a finished command wrote, read back from the folder so every command says it alike:
+    the path, command and method, parameters and bytes on disk, tokens seen, the final held-out loss,
+    continual metrics and the card's headline lm-eval scores, each only where there is one.
+
+    ``output`` may also be a file (``lifecycle eval`` of a Hub model writes only its results JSON).
+    """
+    from lifecycle.display import count, duration, number, short_count, size
+    from lifecycle.model.card import headline_scores, read_lineage
+
+    out = Path(output).expanduser()
+    took = f" in {duration(seconds)}" if seconds is not None else ""
+    if not out.is_dir():
+        return [f"wrote {out}{took}"]
+    try:
+        lineage = read_lineage(out)
+    except (OSError, ValueError):
+        lineage = {}
+    what = " ".join(str(p) for p in (lineage.get("command"), lineage.get("method")) if p)
+    lines = [f"wrote {out}" + (f" ({what})" if what else "") + took]
+    rows: list[tuple[str, str]] = []
+    disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    try:
+        from lifecycle.model.inspect import inspect_model
+
+        params = inspect_model(str(out), check_architecture=False).num_parameters
+    except Exception:  # noqa: BLE001 - an adapter folder, an unusual layout: the summary goes on without it
+        params = None
+    rows.append(("parameters", (f"{short_count(params)} ({count(params)}), " if params else "") + f"{size(disk)} on disk"))
+    if lineage.get("tokens_seen"):
+        rows.append(("tokens seen", count(lineage["tokens_seen"])))
+    metrics = lineage.get("metrics") or {}
+    val = _find_number(metrics, "final_val_loss")
+    if val is not None:
+        train_loss = _find_number(metrics, "final_train_loss")
+        rows.append(("held-out loss", number(val, 3) + (f" (train {number(train_loss, 3)})" if train_loss is not None else "")))
+    continual = [f"{k} {number(metrics[k], 3)}" for k in ("AA", "BWT", "FWT") if isinstance(metrics.get(k), (int, float))]
+    if continual:
+        rows.append(("continual", ", ".join(continual)))
+    scores = []
+    for task, task_scores in headline_scores(lineage).items():
+        for metric, value in (task_scores.items() if isinstance(task_scores, dict) else []):
+            if metric.endswith("_stderr") or metric == "alias" or not isinstance(value, (int, float)):
+                continue
+            err = task_scores.get(f"{metric}_stderr")
+            scores.append(f"{task} {metric} {number(value, 3)}" + (f" ± {number(err, 3)}" if isinstance(err, (int, float)) else ""))
+    if scores:
+        rows.append(("scores", "; ".join(scores)))
+    width = max(len(label) for label, _ in rows)
+    return lines + [f"  {label.ljust(width)}  {text}" for label, text in rows]
+
+
+def print_summary(output: str | Path, seconds: float | None = None, console: Any = None) -> None:
+    """The last thing every command prints (main process only): :func:`summary_lines` on stdout."""
+    from lifecycle.display import is_main_process
+
+    if not is_main_process():
+        return
+    if console is None:
+        from rich.console import Console
+
+        console = Console(soft_wrap=True)
+    for line in summary_lines(output, seconds):
+        console.print(line, markup=False, highlight=False)
+
+
+__all__ = ["CURVE_POINTS", "compact_curve", "default_run_dir", "finish_run", "print_summary", "summary_lines", "tidy_run_dir"]

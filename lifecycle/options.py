@@ -8,7 +8,7 @@ one nested dict and validate it here; the library never imports the CLI.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -87,6 +87,16 @@ class TextDataOptions(CommandOptions):
     block_size: int = Field(256, ge=8)
     val_fraction: float = Field(0.05, ge=0, lt=1)
     max_train_tokens: int | None = Field(None, ge=1)
+
+
+RunFolder = Literal["tidy", "keep", "clean"]
+
+
+def run_folder_field() -> Any:
+    """The ``run_folder`` option of every command that trains (``--keep-run`` / ``--clean``)."""
+    return Field("tidy", description="the hidden run folder .OUT.run once OUT is written: tidy keeps what resuming "
+                                     "(the newest checkpoint, where the command can extend a finished run) and auditing "
+                                     "(tracker logs) need; keep leaves all of it; clean removes it")
 
 
 class OutputOptions(CommandOptions):
@@ -241,6 +251,8 @@ def options_yaml(model_cls: type[BaseModel], indent: int = 0, defaults: BaseMode
 
 __all__ = [
     "CommandOptions",
+    "RunFolder",
+    "run_folder_field",
     "EvalAfter",
     "OutputOptions",
     "build_options",

@@ -305,7 +305,7 @@ def test_each_task_takes_its_own_headline_with_its_own_settings():
     assert settings["batch_size"] == 8  # agrees: one value
     text = render_model_card(lineage)
     assert _card_rows(text, "copa") == [["copa", "acc", "0.6000", "100", "2026-01-01T00:00:00Z"]]
-    assert _card_rows(text, "lambada") == [["lambada", "perplexity", "40.0000", "5", "2026-01-02T00:00:00Z"]]
+    assert _card_rows(text, "lambada") == [["lambada", "perplexity", "40.000", "5", "2026-01-02T00:00:00Z"]]
 
 
 def test_old_eval_keys_render_and_become_records():

@@ -30,6 +30,8 @@ class Command:
     # preflight(options, pending_models=False): every check that needs no work, run by the CLI and by
     # recipes (for all steps, before the first runs). See lifecycle.preflight.
     preflight: Callable[..., None] | None = None
+    # What the command itself rests on, for `lifecycle ls` (its methods list their own papers).
+    paper: str = ""
 
 
 COMMANDS: dict[str, Command] = {}
@@ -39,12 +41,12 @@ COMMAND_MODULES = ("train", "eval", "grow", "prune", "quantize", "continual", "m
 
 
 def register(name: str, options: Type[CommandOptions], help: str, model_field: str | None = "model",
-             models_field: str | None = None, preflight: Callable[..., None] | None = None):
+             models_field: str | None = None, preflight: Callable[..., None] | None = None, paper: str = ""):
     """Decorator: ``@register("train", TrainOptions, help=...)`` on the command's run function."""
 
     def wrap(fn: Callable[[CommandOptions], object]):
         COMMANDS[name] = Command(name=name, options=options, run=fn, help=help, model_field=model_field,
-                                 models_field=models_field, preflight=preflight)
+                                 models_field=models_field, preflight=preflight, paper=paper)
         return fn
 
     return wrap

@@ -63,7 +63,7 @@ def _check_rank_on_config(config, rank: int) -> None:
 def run_continual(opts: ContinualOptions) -> Path:
     from rich.console import Console
 
-    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
     from lifecycle.methods.continual import metrics
     from lifecycle.methods.continual.pipeline import HEATMAP_FILE, REPORT_FILE, column_headers, run_sequence
     from lifecycle.methods.continual.tasks import check_labels_distinct, resolve_task
@@ -98,7 +98,7 @@ def run_continual(opts: ContinualOptions) -> Path:
     summary = ", ".join(f"{k} {report[k]:+.3f}" if k != "AA" else f"AA {report[k]:.3f}"
                         for k in ("AA", "BWT", "FWT") if report.get(k) is not None)
     Console().print(summary or "no summary (one stage)")
-    shutil.rmtree(default_run_dir(opts.output), ignore_errors=True)
+    tidy_run_dir(default_run_dir(opts.output), opts.run_folder, resumable=False)
     if not out.exists():
         raise LifecycleError(f"output {out} was not written")
     return out

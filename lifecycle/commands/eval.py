@@ -98,7 +98,8 @@ def preflight_eval(opts: EvalOptions, *, pending_models: bool = False) -> None:
         pf.model_info(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
 
 
-@register("eval", EvalOptions, help="Score a model with lm-eval (offline tasks: arc_easy, lambada, wikitext, ...).", preflight=preflight_eval)
+@register("eval", EvalOptions, help="Score a model with lm-eval (offline tasks: arc_easy, lambada, wikitext, ...).", preflight=preflight_eval,
+          paper="EleutherAI lm-evaluation-harness (Biderman et al. 2024, arXiv:2405.14782)")
 def run_eval(opts: EvalOptions) -> Path:
     """Load, score, print a table, write the results JSON and (for checkpoints) update the card.
 

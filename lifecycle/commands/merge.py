@@ -57,7 +57,8 @@ def preflight_merge(opts: MergeOptions, *, pending_models: bool = False) -> None
 
 
 @register("merge", MergeOptions, help="Merge models from a mergekit YAML: weights (linear, task_arithmetic, ties, dare_linear, dare_ties, slerp), a logit-averaging MoE (logit_moe), or peft LoRA adapters exactly (lora_concat, lora_svd); icm_fusion is EXPERIMENTAL (a reconstruction, see docs/merge.md).",
-          model_field=None, models_field="models", preflight=preflight_merge)
+          model_field=None, models_field="models", preflight=preflight_merge,
+          paper="mergekit's YAML and semantics (Goddard et al. 2024, arXiv:2403.13257)")
 def run_merge(opts: MergeOptions) -> Path:
     from lifecycle.methods.merge.pipeline import merge_models
 

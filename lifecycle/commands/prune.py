@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError, TrainingInterrupted
-from lifecycle.finish import default_run_dir, finish_run
+from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
 from lifecycle.methods.prune.options import PruneOptions
 
 
@@ -50,14 +50,20 @@ def run_prune(opts: PruneOptions) -> Path:
     run_dir = default_run_dir(opts.output)
     leave_run_dir = run_dir.exists()
     try:
-        return _prune_and_save(opts)
+        out = _prune_and_save(opts)
     except TrainingInterrupted as exc:  # recovery stopped cleanly, but a prune run does not resume
-        raise TrainingInterrupted(exc.step, exc.signum, None, resumable=False) from None
-    finally:
-        # Recovery logs live in the run folder while training; pruning is not resumable, so the
-        # finished checkpoint (metrics.jsonl, loss.png) is the record and the folder goes.
         if not leave_run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        raise TrainingInterrupted(exc.step, exc.signum, None, resumable=False) from None
+    except BaseException:
+        if not leave_run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    # Recovery logs live in the run folder while training; pruning is not resumable, so the finished
+    # checkpoint (metrics.jsonl, loss.png) is the record, with tracker logs where there are any.
+    if not leave_run_dir:
+        tidy_run_dir(run_dir, opts.run_folder, resumable=False)
+    return out
 
 
 def _prune_and_save(opts: PruneOptions) -> Path:

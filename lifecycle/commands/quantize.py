@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError, TrainingInterrupted
-from lifecycle.finish import default_run_dir, finish_run, finished_already
+from lifecycle.finish import default_run_dir, finish_run, finished_already, tidy_run_dir
 from lifecycle.methods.quantize.options import QuantizeOptions
 
 
@@ -119,7 +119,7 @@ def run_quantize(opts: QuantizeOptions) -> Path:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     if ours:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        tidy_run_dir(run_dir, opts.run_folder, resumable=False)  # finished_already: a finished QAT is not extended
     return out
 
 

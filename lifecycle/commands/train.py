@@ -12,8 +12,8 @@ from pydantic import Field, model_validator
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError
-from lifecycle.finish import default_run_dir, finish_run, finished_already
-from lifecycle.options import EvalAfter, TextDataOptions
+from lifecycle.finish import default_run_dir, finish_run, finished_already, tidy_run_dir
+from lifecycle.options import EvalAfter, TextDataOptions, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -22,6 +22,7 @@ class TrainOptions(TextDataOptions):
     config: str | None = Field(None, description="model config for training from scratch: micro, tiny, small or a .json")
     output: str = Field(..., description="folder for the checkpoint")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     resume: bool = Field(False, description="continue from the latest checkpoint in the run folder")
     resume_strict: bool = Field(False, description="with resume: refuse to start when there is no checkpoint")
     deepspeed: str | None = Field(None, description="DeepSpeed ZeRO config JSON (recipes/deepspeed/zero2.json, zero3.json)")
@@ -69,7 +70,8 @@ def preflight_train(opts: TrainOptions, *, pending_models: bool = False) -> None
 
 
 @register("train", TrainOptions, help="Pretrain from a config, or continue pretraining a checkpoint.",
-          preflight=preflight_train)
+          preflight=preflight_train,
+          paper="AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101); WSD schedule (Hu et al. 2024, MiniCPM, arXiv:2404.06395)")
 def run_train(opts: TrainOptions) -> Path:
     from lifecycle.data import pack
     from lifecycle.model.card import new_lineage
@@ -113,5 +115,6 @@ def run_train(opts: TrainOptions) -> Path:
             eval_after=opts.eval,
             result=result,
         )
+        tidy_run_dir(default_run_dir(opts.output), opts.run_folder, resumable=True)  # a longer train.steps resumes
     accelerator.wait_for_everyone()
     return out

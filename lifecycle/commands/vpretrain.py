@@ -9,12 +9,11 @@ and finishes: the learner as a plain HF checkpoint (LoRA merged), the designer b
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from lifecycle.commands import register
 from lifecycle.errors import LifecycleError
-from lifecycle.finish import default_run_dir, finish_run
+from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
 from lifecycle.methods.vpretrain.options import VPretrainOptions
 
 
@@ -88,7 +87,7 @@ def run_vpretrain(opts: VPretrainOptions) -> Path:
                      extra_files={"vpretrain_metrics.json": metrics_document(done.rows),
                                   "vpretrain_report.json": done.report},
                      write_extra=write_extra, plot_title=f"vpretrain ({opts.method})")
-    shutil.rmtree(run_dir, ignore_errors=True)  # the output is complete; resume state is no longer needed
+    tidy_run_dir(run_dir, opts.run_folder, resumable=False)  # a finished vpretrain run is not extended
     return out
 
 

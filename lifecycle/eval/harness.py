@@ -169,6 +169,8 @@ class EvalReport:
         from rich.console import Console
         from rich.table import Table
 
+        from lifecycle.display import count, number
+
         console = console or Console()
         table = Table(title=title or "lm-eval results")
         for column, justify in (("task", "left"), ("metric", "left"), ("value", "right"), ("± stderr", "right"), ("n", "right")):
@@ -179,13 +181,8 @@ class EvalReport:
                 if metric.endswith("_stderr"):
                     continue
                 err = metrics.get(f"{metric}_stderr")
-                table.add_row(
-                    task,
-                    metric,
-                    f"{value:.4f}",
-                    f"{err:.4f}" if err is not None else "",
-                    str(n_samples.get(task, "")),
-                )
+                table.add_row(task, metric, number(value), number(err) if err is not None else "",
+                              count(n_samples.get(task, "")))
         console.print(table)
 
 
@@ -255,12 +252,15 @@ def evaluate(
     bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     eval_dir: str | Path | None = None,
     include_path: str | Path | None = None,
+    progress: bool = True,
 ) -> EvalReport:
     """Score an in-memory model on lm-eval tasks (local names first, then lm-eval's builtin ones).
 
     ``limit``: first N items per task (or a fraction if < 1). The model's train/eval mode and the
     global RNG states are as before on return, so this is safe to call in the middle of training.
     The tokenizer must be passed: HFLM would otherwise try to fetch one from ``name_or_path``.
+    lm-eval's own bars, prints and warnings are replaced by one progress line (none with
+    ``progress=False``); see :mod:`lifecycle.eval.quiet`.
     """
     names = check_task_names(tasks, include_path)
     if batch_size < 1 or max_length < 1:
@@ -281,7 +281,11 @@ def evaluate(
 
     eval_path = Path(eval_dir).expanduser().resolve() if eval_dir else _default_eval_dir()
     _check_data_files([n for n in names if n in local], eval_path)
-    with rendered_tasks(eval_path) as include_dir, _preserved_state(model):
+    from lifecycle.eval.quiet import lm_eval_output
+
+    items = "" if limit is None else f" ({limit:g} items each)" if limit >= 1 else f" ({limit:.0%} of each)"
+    with rendered_tasks(eval_path) as include_dir, _preserved_state(model), \
+            lm_eval_output(f"lm-eval: scoring {', '.join(names)}{items}", progress=progress):
         manager = task_manager_for(names, include_dir, include_path)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
         try:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from lifecycle.display import number
 
 LINEAGE_FILE = "lifecycle.json"
 
@@ -469,9 +470,9 @@ def _eval_section(lineage: dict) -> list[str]:
             if _is_stderr(metric) or metric == "alias":
                 continue
             err = metrics.get(_stderr_key(metric))
-            shown = f"{value:.4f}" if _is_score(value) else _cell(str(value))
+            shown = number(value) if _is_score(value) else _cell(str(value))
             if _is_score(err):
-                shown += f" ± {err:.4f}"
+                shown += f" ± {number(err)}"
             lines.append(f"| {task} | {metric} | {shown} | {_shown(n)} | {_shown(date)} |")
     if has_records:
         records = eval_records(lineage)

@@ -9,11 +9,13 @@ so an interrupted or failing save never leaves a half-written checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,12 +49,27 @@ def load_model(
     """Load a causal LM and its tokenizer from a Hub id, a folder, a GGUF file or a built-in name.
 
     :func:`inspect_model` runs first, so a bad model fails the same way, in one line, before any
-    weights are read.
+    weights are read. Says what it loads (a spinner on a terminal) and, once loaded, how long it took.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from lifecycle.display import duration, say, short_count, stderr_console
 
     info = inspect_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                          check_architecture=check_architecture, revision=revision)
+    what = f"{spec}" + (f" ({short_count(info.num_parameters)} parameters)" if info.num_parameters else "")
+    console = stderr_console()
+    started = time.perf_counter()
+    with console.status(f"loading model {what}", spinner="dots") if console.is_terminal else contextlib.nullcontext():
+        loaded = _load_checked(spec, info, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                               check_architecture=check_architecture, revision=revision)
+    say(f"loaded model {what}, {str(dtype).removeprefix('torch.')}, in {duration(time.perf_counter() - started)}", console)
+    return loaded
+
+
+def _load_checked(spec: str, info: Any, *, dtype: torch.dtype, allow_pickle: bool, trust_remote_code: bool,
+                  check_architecture: bool, revision: str | None) -> LoadedModel:
+    """The weights and tokenizer of an inspected model; every library failure as one LifecycleError."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     location = info.location
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if revision:

@@ -49,10 +49,26 @@ PREVIOUS = "previous"
 class RecipeFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1)
-    description: str | None = None
-    output_dir: str | None = None
-    steps: list[dict[str, Any]] = Field(..., min_length=1)
+    name: str = Field(..., min_length=1, description="the recipe's name")
+    description: str | None = Field(None, description="what it does, for people")
+    output_dir: str | None = Field(None, description="folder of the steps' outputs; default runs/<name>")
+    steps: list[dict[str, Any]] = Field(..., min_length=1, description="the steps, in order")
+
+
+def recipe_options_yaml(command_names: list[str]) -> list[str]:
+    """What ``lifecycle options run`` prints: a recipe file's fields and one step's, as commented YAML."""
+    from lifecycle.options import options_yaml
+
+    lines = ["# lifecycle run RECIPE.yaml [key=value | STEP.key=value ...] [--dry-run] [--force]",
+             "# key=value sets a recipe field, or that option in every step that has it; STEP.key=value one step's"]
+    lines += [line for line in options_yaml(RecipeFile) if not line.startswith("steps:")]
+    lines += [
+        "steps:  # the steps, in order (required); each is one command's options plus these keys:",
+        "  - name: step1  # its output goes to <output_dir>/<name> unless `output:` is set",
+        f"    command: {command_names[0]}  # one of {', '.join(command_names)}; `lifecycle options COMMAND` lists its options",
+        f"    model: {PREVIOUS}  # the input: {PREVIOUS} (the default), steps.<name>, or a model spec",
+    ]
+    return lines
 
 
 @dataclass
@@ -376,7 +392,7 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             started = time.time()
             opts = step.command.options.model_validate(options)
             try:
-                step.command.run(opts)
+                written = step.command.run(opts)
             except TrainingInterrupted as exc:
                 state[step.name] = {"key": key, "interrupted": True, "step": exc.step}
                 _write_state(output_dir, state)
@@ -385,6 +401,10 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
             state[step.name] = {"key": key, "output": str(step.output) if step.output else None,
                                 "seconds": round(time.time() - started, 1)}
             _write_state(output_dir, state)
+            if written is not None and step.command.name != "push":  # push lists what it sent itself
+                from lifecycle.finish import print_summary
+
+                print_summary(written, time.time() - started, console)
         if step.output is not None:
             outputs[step.name] = str(step.output)
             last_output = str(step.output)

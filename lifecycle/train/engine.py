@@ -33,11 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from lifecycle.data.packing import epoch_order
+from lifecycle.display import count, number
 from lifecycle.errors import LifecycleError, TrainingInterrupted
 from lifecycle.train.hooks import TrainHooks, _call_after_backward, _split_state, causal_lm_loss, place_auxiliary
 from lifecycle.train.plots import plot_loss_curve
 from lifecycle.train.resume import StopSignals, check_resume, run_identity
-from lifecycle.train.runtime import gather_plain_model, make_accelerator, rng_state, set_rng_state
+from lifecycle.train.runtime import gather_plain_model, make_accelerator, prepare, rng_state, set_rng_state
 
 
 class TrainConfig(BaseModel):
@@ -106,9 +107,9 @@ class TrainResult:
 
 def _say(progress: bool, message: str) -> None:
     if progress:
-        from rich.console import Console
+        from lifecycle.display import say
 
-        Console(stderr=True, soft_wrap=True).print(message, highlight=False, markup=False)
+        say(message)
 
 
 def _latest_checkpoint(run_dir: Path) -> Path | None:
@@ -246,7 +247,7 @@ def train(
         betas=(cfg.beta1, cfg.beta2),
     )
     model.train()
-    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    prepared_model, optimizer = prepare(accelerator, model, optimizer, say=lambda m: _say(progress and is_main, m))
     device = accelerator.device
 
     if ckpt is not None:
@@ -402,15 +403,15 @@ def train(
                 if is_main:
                     metrics.write(accelerator, row)
             if progress_bar is not None:
-                fields = {"loss": f"{step_loss:.3f}"}
+                fields = {"loss": number(step_loss, 3)}
                 if "tokens_per_s" in row:
-                    fields["tps"] = f"{row['tokens_per_s']:.0f}"
+                    fields["tps"] = count(round(row["tokens_per_s"]))
                     if not progress_bar.console.is_terminal:
                         # Logs and CI see no live bar: print the logged rows instead.
-                        val = f" val {row['val_loss']:.3f}" if row.get("val_loss") is not None else ""
+                        val = f" val {number(row['val_loss'], 3)}" if row.get("val_loss") is not None else ""
                         progress_bar.console.print(
-                            f"{description} {done}/{cfg.steps} loss {step_loss:.3f}{val} "
-                            f"{row['tokens_per_s']:.0f} tok/s", highlight=False)
+                            f"{description} {done}/{cfg.steps} loss {fields['loss']}{val} {fields['tps']} tok/s",
+                            highlight=False)
                 progress_bar.update(task, completed=done, **fields)
             if eval_now and hooks.should_stop is not None and last_val is not None and hooks.should_stop(row):
                 break  # the method's stopping rule (e.g. a held-out plateau) ends training after this step

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -56,6 +57,26 @@ def make_accelerator(cfg: Any, deepspeed_config: str | dict | None = None, loggi
             "drop the DeepSpeed config, or run one process"
         )
     return accelerator
+
+
+def prepare(accelerator: Any, model: nn.Module, optimizer: Any, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """``accelerator.prepare(model, optimizer)``, saying first when DeepSpeed sets up there.
+
+    DeepSpeed builds its C++/CUDA ops (the optimizer, ZeRO's communication helpers) just in time the
+    first time a machine uses them: minutes of silence that look like a hang without this line.
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return accelerator.prepare(model, optimizer)
+    stage = getattr(plugin, "zero_stage", None)
+    say(f"DeepSpeed ZeRO-{stage if stage is not None else '?'}: setting up; the first run on a machine compiles "
+        "its ops just in time, which can take several minutes")
+    started = time.perf_counter()
+    prepared = accelerator.prepare(model, optimizer)
+    from lifecycle.display import duration
+
+    say(f"DeepSpeed ready in {duration(time.perf_counter() - started)}")
+    return prepared
 
 
 def rng_state() -> dict:

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 
 from lifecycle.methods.registry import MethodOptions
-from lifecycle.options import EvalAfter, split_csv
+from lifecycle.options import EvalAfter, split_csv, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -27,6 +27,7 @@ class ContinualOptions(MethodOptions):
     tasks: list[str] = Field(..., description="task sequence, in training order: task folders, prompt/completion .jsonl files (test split beside them) or names in shared/data/continual")
     output: str = Field(..., description="folder for the final model (per-task checkpoints go in its tasks/)")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     resume: bool = Field(False, description="continue an interrupted run: at the task boundary, and inside a task from its last checkpoint")
     method: str = Field("osft", description="continual method (lifecycle ls): osft, olora, seq-ft, seq-lora, l2, ewc, replay, slca, multitask")
     max_length: int = Field(256, ge=8, description="tokens per training example (prompt truncated from the left)")

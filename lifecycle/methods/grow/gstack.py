@@ -442,7 +442,7 @@ def run_gstack(
                  summary="train a small model, stack its layers g times, train on", aliases=("g_stack", "stack"))
 def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
     """The ``grow`` method ``gstack``: (small phase,) stack, train, finish; ``s`` is a planner.GrowthSetup."""
-    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
     from lifecycle.methods.grow.planner import grow_lineage, move_into, pack_data, source_seen_tokens
     from lifecycle.model.card import new_lineage
     from lifecycle.model.io import save_checkpoint
@@ -519,4 +519,5 @@ def grow_gstack(opts: Any, s: Any, out: Path) -> Path:
         )
     finish_run(run.model, s.tokenizer, out, lineage, overwrite=opts.overwrite, eval_after=opts.eval, result=result)
     move_into(out, {"small": pieces["small"]} if "small" in pieces else {})
+    tidy_run_dir(run_dir, opts.run_folder, resumable=False)  # grow has no --resume
     return out

@@ -403,7 +403,7 @@ def grow_layerwise(
                  options=LayerwiseOptions, aliases=("layer-wise", "frozen-substrate"))
 def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
     """The ``grow`` method ``layerwise``: stages of new layers on the frozen substrate, then finish."""
-    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
     from lifecycle.methods.grow.planner import grow_lineage, move_into, pack_data, source_seen_tokens
     from lifecycle.model.card import new_lineage
     from lifecycle.model.io import save_checkpoint
@@ -484,4 +484,5 @@ def grow_layerwise_command(opts: Any, s: Any, out: Path) -> Path:
     )
     finish_run(run.model, s.tokenizer, out, lineage, overwrite=opts.overwrite, eval_after=opts.eval, result=result)
     move_into(out, pieces)
+    tidy_run_dir(run_dir, opts.run_folder, resumable=False)  # grow has no --resume
     return out

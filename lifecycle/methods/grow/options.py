@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lifecycle.methods.registry import MethodOptions
-from lifecycle.options import CommandOptions, EvalAfter, TextDataOptions
+from lifecycle.options import CommandOptions, EvalAfter, TextDataOptions, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -43,6 +43,7 @@ class GrowOptions(MethodOptions, TextDataOptions):
     config: str | None = Field(None, description="target config to grow from scratch: micro, tiny, small or a .json")
     output: str = Field(..., description="folder for the grown checkpoint")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     plan: bool = Field(False, description="print the G_stack growth plan and exit; nothing is trained or written")
     target_layers: int | None = Field(None, ge=1, description="depth of the grown model")
     factor: float | None = Field(None, description="growth factor g (target = g × source depth); default 4")

@@ -157,7 +157,7 @@ def post_train_moe(folder: Path, opts: Any) -> Path:
     import json
 
     from lifecycle.data import load_corpus, pack
-    from lifecycle.finish import default_run_dir, finish_run
+    from lifecycle.finish import default_run_dir, finish_run, tidy_run_dir
     from lifecycle.model.io import load_model
     from lifecycle.model.card import LINEAGE_FILE, add_eval_record
     from lifecycle.train.engine import held_out_loss, make_accelerator, train
@@ -186,7 +186,7 @@ def post_train_moe(folder: Path, opts: Any) -> Path:
         "val_blocks": min(data.num_validation, settings.train.eval_blocks), "block_size": settings.block_size,
         "without": without, "with": with_training}
     out = finish_run(result.model, loaded.tokenizer, opts.output, lineage, overwrite=opts.overwrite, result=result)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    tidy_run_dir(run_dir, opts.run_folder, resumable=False)
     return out
 
 

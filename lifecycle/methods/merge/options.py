@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lifecycle.errors import LifecycleError
-from lifecycle.options import CommandOptions, EvalAfter, TextDataOptions
+from lifecycle.options import CommandOptions, EvalAfter, TextDataOptions, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -94,6 +94,7 @@ class MergeOptions(CommandOptions):
     chat_template: str | None = Field(None, description="not supported yet (must be unset)")
     output: str = Field(..., description="folder to write the merged checkpoint to")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     random_seed: int | None = Field(None, description="seeds torch before merging (DARE's random drop), as mergekit's --random-seed")
     out_shard_size: str = Field("2B", description="largest output shard, e.g. 500M, 2B (bytes), as mergekit's --out-shard-size")
     eval: EvalAfter = Field(default_factory=EvalAfter)

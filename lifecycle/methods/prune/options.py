@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from lifecycle.methods.registry import MethodOptions
-from lifecycle.options import EvalAfter
+from lifecycle.options import EvalAfter, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -30,6 +30,7 @@ class PruneOptions(MethodOptions):
     model: str = Field(..., description="model to prune: folder, Hub id, .gguf, smollm2")
     output: str = Field(..., description="folder for the pruned checkpoint")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     method: str = Field("adapt", description="prune method: adapt, taylor-uniform, flap, depth (lifecycle ls)")
     target_params: int | float | str | None = Field(None, description="total parameters to reach, e.g. 95M")
     ratio: float | None = Field(None, gt=0, lt=1, description="share of the decoder (non-embedding) parameters to remove")

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from lifecycle.methods.registry import MethodOptions
-from lifecycle.options import EvalAfter
+from lifecycle.options import EvalAfter, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -26,6 +26,7 @@ class QuantizeOptions(MethodOptions):
     model: str = Field(..., description="model to quantize: folder, Hub id, .gguf, smollm2")
     output: str = Field(..., description="folder for the quantized checkpoint")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     resume: bool = Field(False, description="QAT: continue from the latest checkpoint of an interrupted run")
     resume_strict: bool = Field(False, description="with resume: refuse to start when there is no checkpoint")
     method: str = Field("bitnet-b158", description="quantize method: bitnet-b158, ternary-rtn, bnb-nf4, bnb-int8 (lifecycle ls)")

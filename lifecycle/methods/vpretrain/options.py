@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifecycle.methods.registry import MethodOptions
 from lifecycle.methods.vpretrain.designer import DesignerConfig
-from lifecycle.options import EvalAfter
+from lifecycle.options import EvalAfter, RunFolder, run_folder_field
 from lifecycle.train.engine import TrainConfig
 
 
@@ -74,6 +74,7 @@ class VPretrainOptions(MethodOptions):
     model: str = Field(..., description="learner: folder, Hub id, .gguf, smollm2")
     output: str = Field(..., description="folder for the learner checkpoint (designer saved beside it)")
     overwrite: bool = False
+    run_folder: RunFolder = run_folder_field()
     method: str = Field("v-pretraining", description="v-pretraining, ntp, uniform-topk, self-topk (lifecycle ls)")
     data: str = Field(..., description="pretraining stream: a corpus spec (packed text) or prompt/completion JSONL (loss on completions)")
     data_format: Literal["auto", "text", "supervised"] = Field(
