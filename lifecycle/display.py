@@ -58,6 +58,30 @@ def number(value: Any, decimals: int = 4) -> str:
     return f"{value:,.{places}f}"
 
 
+_SUFFIXES = ((1e12, "T"), (1e9, "B"), (1e6, "M"))
+
+
+def compact(value: Any, digits: int = 4) -> str:
+    """A number for a table cell: at most ``digits`` significant digits, thousands separated, millions
+    and up with a suffix (``2.3B``, ``53,536``, ``6.226``); ``-`` for None or NaN; anything else as its text."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "-" if math.isnan(value) else ("∞" if value > 0 else "-∞")
+    magnitude = abs(value)
+    for scale, suffix in _SUFFIXES:
+        if magnitude >= scale:
+            return f"{value / scale:.{max(digits - 1, 1)}g}{suffix}" if value / scale < 100 else f"{value / scale:,.0f}{suffix}"
+    if magnitude >= 10 ** (digits - 1) or (float(value).is_integer() and magnitude < 1e6):
+        return f"{value:,.0f}"
+    if magnitude >= 1e-3:
+        text = f"{value:.{digits}g}"
+        return text if "e" not in text else f"{value:.{digits}f}"
+    return f"{value:.2e}"
+
+
 def count(value: Any) -> str:
     """A count (tokens, parameters, items) with thousands separators: ``1,234,567``."""
     if value is None:
@@ -93,4 +117,4 @@ def size(num_bytes: int) -> str:
     return decimal(num_bytes)
 
 
-__all__ = ["count", "duration", "is_main_process", "number", "say", "short_count", "size", "stderr_console"]
+__all__ = ["compact", "count", "duration", "is_main_process", "number", "say", "short_count", "size", "stderr_console"]

@@ -218,9 +218,9 @@ def test_continual_card_gets_its_accuracy_heatmap_and_scores_their_columns(tmp_p
 @pytest.mark.parametrize("value, text", [(2302318768.8970, "2.3B"), (53536, "53,536"), (6.225884914398193, "6.226"),
                                          (0.61, "0.61"), (None, "-"), (float("nan"), "-"), (1.58, "1.58"), (12345.67, "12,346")])
 def test_numbers_are_readable(value, text):
-    from lifecycle.report.numbers import readable
+    from lifecycle.display import compact
 
-    assert readable(value) == text
+    assert compact(value) == text
 
 
 def _chromium() -> str | None:

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from lifecycle.display import compact as readable
 from lifecycle.report import facts
 from lifecycle.report.collect import Lineage, Step
-from lifecycle.report.numbers import readable
 
 DPI = 110
 _COLORS = {"folder": "#dbe9f6", "embedded": "#f3f3f3", "external": "#ffffff", "target": "#fde3b3"}

@@ -12,10 +12,11 @@ import html
 from datetime import datetime, timezone
 from typing import Callable
 
+from lifecycle.display import compact as readable
+from lifecycle.display import duration, size
 from lifecycle.report import facts, figures
 from lifecycle.report.collect import Lineage, Step
 from lifecycle.report.figures import Figure
-from lifecycle.report.numbers import readable, readable_bytes, readable_seconds
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 72rem;
@@ -36,6 +37,14 @@ figcaption { color: #555; font-size: 0.85rem; }
 .grid figure { flex: 1 1 30rem; }
 code { font-size: 0.85em; }
 """
+
+
+def _bytes(num_bytes: float | None) -> str:
+    return "-" if num_bytes is None else size(int(num_bytes))
+
+
+def _seconds(seconds: float | None) -> str:
+    return "-" if seconds is None else duration(seconds)
 
 
 def _e(text: object) -> str:
@@ -82,8 +91,8 @@ def step_table(lineage: Lineage) -> tuple[list[str], list[list[str]], list[str]]
         scores = facts.scores(step)
         rows.append([
             step.name, step.command, step.method or "-", ", ".join(lineage.step(p).name for p in step.parents) or "-",
-            readable(facts.parameters(step)), readable_bytes(facts.size_on_disk(step)), readable(facts.tokens_seen(step)),
-            readable_seconds(facts.seconds(step)), readable(facts.train_loss(step)), readable(loss), _change(loss, before),
+            readable(facts.parameters(step)), _bytes(facts.size_on_disk(step)), readable(facts.tokens_seen(step)),
+            _seconds(facts.seconds(step)), readable(facts.train_loss(step)), readable(loss), _change(loss, before),
             *(readable(scores.get(name)) for name in score_names),
         ])
         classes.append("target" if step.key in lineage.finals else "")
@@ -105,7 +114,7 @@ def _prune_table(step: Step) -> str:
 
 def _bits_table(step: Step) -> str:
     rows = [[str(r.get("part")), readable(r.get("params")), readable(r.get("bits")), readable(r.get("stored_bits")),
-             readable_bytes((r.get("params") or 0) * (r.get("stored_bits") or 0) / 8)]
+             _bytes((r.get("params") or 0) * (r.get("stored_bits") or 0) / 8)]
             for r in facts.bit_budget(step) or [] if isinstance(r, dict)]
     extra = {k: step.metrics.get(k) for k in ("method", "export", "converted_linears") if step.metrics.get(k) is not None}
     note = "<p>" + ", ".join(f"{_e(k)}: <code>{_e(readable(v))}</code>" for k, v in extra.items()) + "</p>" if extra else ""
