@@ -107,6 +107,20 @@ def test_commands_record_what_the_report_draws(run_dir):
     assert entry["prune_plan"] == plan and entry["curve"]  # embedded with the ancestor
 
 
+def test_a_recipe_run_ends_with_one_row_per_step(run_dir):
+    from rich.console import Console
+
+    from lifecycle.recipe import print_run_table
+
+    console = Console(record=True, width=250)
+    print_run_table(run_dir, console)
+    text = console.export_text()
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    names = [row.split("│")[1].strip() for row in rows]
+    assert names == ["base", "pruned", "ternary", "expert", "merged"], names
+    assert "held-out loss" in text and "Δ held-out" in text and "tokens seen" in text
+
+
 def test_compact_curve_thins_train_rows_and_keeps_every_evaluation():
     from lifecycle.finish import compact_curve
 

@@ -413,5 +413,28 @@ def run_recipe(path: str | Path, overrides: list[str] | None = None, *, dry_run:
     if dry_run:
         console.print(table)
     else:
+        print_run_table(output_dir, console)
         console.print(f"[green]recipe {recipe.name} complete[/green]: {output_dir}")
     return results
+
+
+def print_run_table(output_dir: Path, console: Any) -> None:
+    """The run's summary: one row per step (the table `lifecycle report` shows), with the change in
+    held-out loss from the step before. A run whose cards cannot be read still completes."""
+    from rich.table import Table
+
+    from lifecycle.errors import LifecycleError
+    from lifecycle.report.collect import collect
+    from lifecycle.report.page import step_table
+
+    try:
+        headers, rows, _ = step_table(collect(output_dir))
+    except LifecycleError:
+        return
+    keep = [i for i, h in enumerate(headers) if h not in ("parents", "train loss")]  # fits a terminal
+    table = Table(title="the run, step by step")
+    for i in keep:
+        table.add_column(headers[i], justify="left" if i < 3 else "right", overflow="fold")
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    console.print(table)
