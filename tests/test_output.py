@@ -81,6 +81,7 @@ def test_evaluate_shows_one_progress_line_instead_of_lm_evals_output(tiny_model,
     from lifecycle.eval.harness import evaluate
 
     caplog.set_level(logging.INFO)
+    level_before = logging.getLogger("lm_eval").level  # the CLI, run in-process by earlier tests, sets ERROR
     report = evaluate(tiny_model, tiny_tokenizer, ["copa", "lambada", "wikitext"], limit=3, max_length=64)
     out, err = capfd.readouterr()
     _no_leaks(out + err + caplog.text)
@@ -89,7 +90,7 @@ def test_evaluate_shows_one_progress_line_instead_of_lm_evals_output(tiny_model,
     assert set(report.scores) == {"copa", "lambada", "wikitext"} and "perplexity_stderr" in report.scores["lambada"]
     # nothing stays patched after the call
     assert tqdm.tqdm is tqdm.std.tqdm and "print" not in vars(lm_eval.api.metrics)
-    assert logging.getLogger("lm_eval").level == logging.NOTSET
+    assert logging.getLogger("lm_eval").level == level_before
 
     quiet = evaluate(tiny_model, tiny_tokenizer, ["copa"], limit=3, max_length=64, progress=False)
     out, err = capfd.readouterr()

@@ -43,6 +43,11 @@ def preflight_grow(opts: GrowOptions, *, pending_models: bool = False) -> None:
         if layers is not None and opts.target_layers is not None and opts.target_layers <= layers:
             raise LifecycleError(f"target_layers {opts.target_layers} must exceed the source's {layers} layers (growing "
                                  "makes a model deeper)")
+        if layers is not None and opts.method == "gstack":  # the layer map against the source, before loading it
+            from lifecycle.methods.grow.gstack import layer_order
+
+            layer_order(int(layers), target_layers=opts.target_layers, factor=opts.factor, order=opts.order,
+                        layer_map=opts.layer_map)
     pf.check_eval(opts.eval)
 
 

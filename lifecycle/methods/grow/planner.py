@@ -74,8 +74,14 @@ def resolve_growth(opts: GrowOptions) -> GrowthSetup:
     if opts.model is not None:
         from lifecycle.model.io import load_model
 
-        loaded = load_model(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
-        s.model, s.tokenizer, s.parent, s.parent_lineage = loaded.model, loaded.tokenizer, loaded.source, loaded.lineage
+        if opts.plan:  # the plan needs only the source's shape: built on the meta device, no weights read
+            from lifecycle.model.inspect import inspect_model
+
+            info = inspect_model(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+            s.model, s.parent, s.parent_lineage = _meta_model(info.config), info.source, info.lineage
+        else:
+            loaded = load_model(opts.model, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+            s.model, s.tokenizer, s.parent, s.parent_lineage = loaded.model, loaded.tokenizer, loaded.source, loaded.lineage
         s.source_layers = len(adapter_for(s.model).layers)
         per_layer = _layer_params(s.model)
         s.small_params = adapter_for(s.model).num_parameters()
