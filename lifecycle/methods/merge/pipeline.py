@@ -22,6 +22,7 @@ import torch
 from lifecycle.errors import LifecycleError
 from lifecycle.methods.merge.common import MergeSpec, TensorJob, layer_t, merge_spec, resolve_parameters, warn
 from lifecycle.methods.merge.options import MergeOptions, dtype_from_name, parse_size
+from lifecycle.model.inspect import TOKENIZER_VOCAB_FILES
 
 # config fields that must agree between the models (architecture and every shape-defining size)
 _CONFIG_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -83,8 +84,7 @@ def _load_tokenizer(source: str) -> Any:
 
 # Files that define a tokenizer: byte-identical sets give identical tokenizers without loading them.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                    "merges.txt", "chat_template.jinja", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                    "sentencepiece.bpe.model", "tekken.json")
+                    "merges.txt", "chat_template.jinja", *TOKENIZER_VOCAB_FILES)
 
 
 def tokenizer_fingerprint(source: str) -> str | None:
